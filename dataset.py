@@ -1,0 +1,499 @@
+"""Data layer: list files, path resolution, RGB/depth pairing by sample key, decoded image store.
+
+A list line is `<path> <label> <dbtype> [intensity]`. Relative paths resolve against the data
+folder; absolute paths written on another machine (as the published lists are) resolve to the
+longest tail of the path that exists under the data folder, or are rewritten with `--path_prefix
+OLD=NEW`. RGB and depth samples are paired by sample key (the file stem without `_depth`/`_gray`),
+never by line order.
+
+Images are decoded once into a uint8 (RGB) / uint8-or-uint16 (depth) store resized to
+`load_size` x `load_size`, optionally backed by a memory-mapped cache file validated against the
+source files' sizes and modification times. Augmentation happens on whole batches (`augment.py`).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from util import REPO_ROOT, UserError
+
+VIEW_SUFFIXES = ("_depth", "_gray")
+POOL_LIST = "pretrain.txt"
+DEFAULT_CLASS_NAMES = {3: ["negative", "positive", "surprise"],
+                       4: ["negative", "others", "positive", "surprise"]}
+_SUBJECT_IN_NAME = re.compile(r"sp[Nn][Oo]\.?(\d+)")
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    """One parsed list line. `source` is `file:line` for error messages."""
+    path: Path
+    label: int
+    dbtype: int
+    intensity: float | None
+    source: str
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One RGB/depth pair. `subject` is the `spNO<n>` name; label -1 means unlabeled."""
+    key: str
+    rgb_path: Path
+    depth_path: Path
+    label: int
+    dbtype: int
+    subject: str
+    intensity: float | None
+    rgb_source: str
+    depth_source: str
+
+
+def sample_key(path: str | Path) -> str:
+    """File stem without a trailing view suffix: `a_diff_depth.png` -> `a_diff`."""
+    stem = Path(path).stem
+    for suffix in VIEW_SUFFIXES:
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def subject_of(key: str) -> str:
+    """`spNO.166-b-837-...` -> `spNO166` (also `spNo166`, `spno.166`); '' when absent."""
+    match = _SUBJECT_IN_NAME.match(key)
+    return f"spNO{int(match.group(1))}" if match else ""
+
+
+def parse_prefixes(pairs: Sequence[str] | None) -> list[tuple[str, str]]:
+    """`['OLD=NEW', ...]` -> `[('OLD', 'NEW'), ...]`."""
+    out = []
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise UserError(f"--path_prefix {pair!r}: expected OLD=NEW")
+        old, new = pair.split("=", 1)
+        out.append((old, new))
+    return out
+
+
+def resolve_path(raw: str, data_folder: Path, prefixes: Sequence[tuple[str, str]] = ()) -> Path | None:
+    """The existing file a list path refers to, or None.
+
+    Order: explicit prefix rewrites; relative paths under `data_folder`; an absolute path as is;
+    else the longest tail of the absolute path that exists under `data_folder`.
+    """
+    for old, new in prefixes:
+        if raw.startswith(old):
+            raw = new + raw[len(old):]
+            break
+    path = Path(raw)
+    if not path.is_absolute():
+        path = data_folder / path
+        return path if path.is_file() else None
+    if path.is_file():
+        return path
+    parts = path.parts[1:]
+    for start in range(len(parts)):
+        candidate = data_folder.joinpath(*parts[start:])
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_list(list_file: str | Path, data_folder: str | Path,
+              prefixes: Sequence[tuple[str, str]] = (), labeled: bool = True) -> list[ListEntry]:
+    """Parse a list file. Every bad line raises `UserError` naming `file:line`.
+
+    `labeled=False` (pre-training pool) accepts any integer label, including -1.
+    """
+    list_file, data_folder = Path(list_file), Path(data_folder)
+    if not list_file.is_file():
+        raise UserError(f"{list_file}: list file not found")
+    entries = []
+    for line_no, line in enumerate(list_file.read_text().splitlines(), start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        source = f"{list_file}:{line_no}"
+        fields = text.split()
+        if len(fields) not in (3, 4):
+            raise UserError(f"{source}: expected '<path> <label> <dbtype> [intensity]', got {text!r}")
+        raw, label_text, dbtype_text = fields[:3]
+        label = _parse_int(label_text, "label", source)
+        if labeled and label < 0:
+            raise UserError(f"{source}: label {label} is negative")
+        dbtype = _parse_int(dbtype_text, "dbtype", source)
+        intensity = None
+        if len(fields) == 4:
+            try:
+                intensity = float(fields[3])
+            except ValueError:
+                raise UserError(f"{source}: intensity {fields[3]!r} is not a number") from None
+            if not np.isfinite(intensity):
+                raise UserError(f"{source}: intensity {fields[3]!r} is not finite")
+        path = resolve_path(raw, data_folder, prefixes)
+        if path is None:
+            raise UserError(f"{source}: image not found: {raw} (data folder {data_folder})")
+        entries.append(ListEntry(path, label, dbtype, intensity, source))
+    if not entries:
+        raise UserError(f"{list_file}: list is empty")
+    return entries
+
+
+def _parse_int(text: str, what: str, source: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"{source}: {what} {text!r} is not an integer") from None
+
+
+def pair_views(rgb: Sequence[ListEntry], depth: Sequence[ListEntry], subject: str = "",
+               strict: bool = False) -> list[Sample]:
+    """Join RGB and depth entries by sample key, in RGB list order.
+
+    Keys present in one view only are counted, the first few named on stderr, and left out;
+    `strict=True` makes them an error. Duplicate keys and disagreeing labels are errors.
+    """
+    rgb_by_key = _index_by_key(rgb)
+    depth_by_key = _index_by_key(depth)
+    only_rgb = [k for k in rgb_by_key if k not in depth_by_key]
+    only_depth = [k for k in depth_by_key if k not in rgb_by_key]
+    for keys, view, source in ((only_rgb, "RGB", rgb), (only_depth, "depth", depth)):
+        if keys:
+            list_file = source[0].source.rsplit(":", 1)[0]
+            message = (f"{list_file}: {len(keys)} {view} sample(s) without a matching "
+                       f"{'depth' if view == 'RGB' else 'RGB'} sample, e.g. {', '.join(keys[:3])}")
+            if strict:
+                raise UserError(message)
+            print(f"warning: {message}; left out", file=sys.stderr)
+    samples = []
+    for key, r in rgb_by_key.items():
+        d = depth_by_key.get(key)
+        if d is None:
+            continue
+        if r.label != d.label:
+            raise UserError(f"{d.source}: label {d.label} disagrees with {r.source} (label {r.label}) "
+                            f"for sample {key}")
+        intensity = r.intensity if r.intensity is not None else d.intensity
+        samples.append(Sample(key, r.path, d.path, r.label, r.dbtype, subject or subject_of(key),
+                              intensity, r.source, d.source))
+    if not samples:
+        raise UserError(f"{rgb[0].source.rsplit(':', 1)[0]}: no sample pairs with "
+                        f"{depth[0].source.rsplit(':', 1)[0]}")
+    return samples
+
+
+def _index_by_key(entries: Sequence[ListEntry]) -> dict[str, ListEntry]:
+    index: dict[str, ListEntry] = {}
+    for entry in entries:
+        key = sample_key(entry.path)
+        if key in index:
+            raise UserError(f"{entry.source}: duplicate sample {key} (first at {index[key].source})")
+        index[key] = entry
+    return index
+
+
+# ---------------------------------------------------------------------------------------------
+# The list folder: v_rgb/ and v_depth/ with per-subject lists, subName.txt, classes.txt, pretrain.txt
+
+
+def find_list_folder(data_folder: str | Path, list_folder: str | Path | None = None) -> Path:
+    """The folder holding `v_rgb/` and `v_depth/`: `list_folder`, else `<data_folder>/data`,
+    else the repository's `data/`."""
+    candidates = [Path(list_folder)] if list_folder else [Path(data_folder) / "data", REPO_ROOT / "data"]
+    for folder in candidates:
+        if (folder / "v_rgb").is_dir() and (folder / "v_depth").is_dir():
+            return folder
+    tried = " or ".join(str(c) for c in candidates)
+    raise UserError(f"{tried}: no v_rgb/ and v_depth/ list folders found (set --list_folder)")
+
+
+def subject_names(list_folder: Path) -> list[str]:
+    """Subjects listed in `v_rgb/subName.txt`, one per line."""
+    path = list_folder / "v_rgb" / "subName.txt"
+    if not path.is_file():
+        raise UserError(f"{path}: subject list not found")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise UserError(f"{path}: subject list is empty")
+    return names
+
+
+def load_split(list_folder: Path, data_folder: Path, subject: str, split: str,
+               prefixes: Sequence[tuple[str, str]] = (), strict_pairs: bool = False) -> list[Sample]:
+    """Samples of `<subject>_<split>.txt` (split 'train' or 'test'), paired by key."""
+    rgb = read_list(list_folder / "v_rgb" / f"{subject}_{split}.txt", data_folder, prefixes)
+    depth = read_list(list_folder / "v_depth" / f"{subject}_{split}.txt", data_folder, prefixes)
+    return pair_views(rgb, depth, subject if split == "test" else "", strict_pairs)
+
+
+def load_labeled(list_folder: Path, data_folder: Path, subjects: Sequence[str],
+                 prefixes: Sequence[tuple[str, str]] = (), strict_pairs: bool = False) -> list[Sample]:
+    """Every labeled sample once: the union of the subjects' test lists, subject from the list."""
+    samples: list[Sample] = []
+    seen: dict[str, str] = {}
+    for subject in subjects:
+        for sample in load_split(list_folder, data_folder, subject, "test", prefixes, strict_pairs):
+            if sample.key in seen:
+                raise UserError(f"{sample.rgb_source}: sample {sample.key} is also in the test list "
+                                f"of {seen[sample.key]}")
+            seen[sample.key] = subject
+            samples.append(sample)
+    return samples
+
+
+def load_pool(list_folder: Path, data_folder: Path, prefixes: Sequence[tuple[str, str]] = (),
+              strict_pairs: bool = False, intensity_threshold: float | None = None,
+              intensity_csv: str | Path | None = None,
+              exclude_subjects: Sequence[str] = ()) -> list[Sample]:
+    """The unlabeled pre-training pool, labels ignored.
+
+    Reads `v_rgb/pretrain.txt` and `v_depth/pretrain.txt`; without them, falls back to every
+    subject's test list (all labeled samples, labels ignored). Intensity comes from a 4th list
+    column or from `intensity_csv` (columns `key,intensity`). With `intensity_threshold` T only
+    pairs with intensity >= T are kept (intensity perception) and the counts are printed.
+    """
+    rgb_list, depth_list = list_folder / "v_rgb" / POOL_LIST, list_folder / "v_depth" / POOL_LIST
+    if rgb_list.is_file() or depth_list.is_file():
+        samples = pair_views(read_list(rgb_list, data_folder, prefixes, labeled=False),
+                             read_list(depth_list, data_folder, prefixes, labeled=False),
+                             strict=strict_pairs)
+        print(f"pre-training pool: {len(samples)} pairs from {rgb_list} and {depth_list}")
+    else:
+        samples = load_labeled(list_folder, data_folder, subject_names(list_folder), prefixes,
+                               strict_pairs)
+        print(f"pre-training pool: no {POOL_LIST} in {list_folder}/v_rgb, using the "
+              f"{len(samples)} labeled samples of the subjects' test lists (labels ignored)")
+    if intensity_csv:
+        samples = _with_csv_intensity(samples, Path(intensity_csv))
+    if exclude_subjects:
+        excluded = {s.replace(".", "") for s in exclude_subjects}
+        before = len(samples)
+        samples = [s for s in samples if s.subject not in excluded]
+        print(f"excluded subjects {','.join(sorted(excluded))}: {before - len(samples)} pairs left out")
+    if intensity_threshold is not None:
+        missing = [s.key for s in samples if s.intensity is None]
+        if missing:
+            raise UserError(f"--intensity_threshold needs an intensity for every pair; {len(missing)} "
+                            f"have none, e.g. {missing[0]} (add a 4th list column or --intensity_csv)")
+        kept = [s for s in samples if s.intensity >= intensity_threshold]
+        print(f"intensity threshold {intensity_threshold:g}: kept {len(kept)} pairs, "
+              f"dropped {len(samples) - len(kept)}")
+        samples = kept
+    if not samples:
+        raise UserError(f"{rgb_list}: no pre-training pairs left")
+    return samples
+
+
+def _with_csv_intensity(samples: list[Sample], csv_path: Path) -> list[Sample]:
+    import csv
+    from dataclasses import replace
+
+    if not csv_path.is_file():
+        raise UserError(f"{csv_path}: intensity CSV not found")
+    with csv_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"key", "intensity"} <= set(reader.fieldnames):
+            raise UserError(f"{csv_path}:1: expected columns 'key,intensity'")
+        table = {}
+        for line_no, row in enumerate(reader, start=2):
+            try:
+                table[sample_key(row["key"])] = float(row["intensity"])
+            except (TypeError, ValueError):
+                raise UserError(f"{csv_path}:{line_no}: intensity {row['intensity']!r} is not a number") from None
+    return [replace(s, intensity=table.get(s.key, s.intensity)) for s in samples]
+
+
+def class_names(list_folder: Path, n_classes: int) -> list[str]:
+    """Names from `classes.txt` beside the lists (or in `v_rgb/`), else the CAS(ME)^3 defaults."""
+    for path in (list_folder / "classes.txt", list_folder / "v_rgb" / "classes.txt"):
+        if path.is_file():
+            names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            if len(names) < n_classes:
+                raise UserError(f"{path}: {len(names)} class names for {n_classes} classes")
+            return names[:n_classes]
+    return DEFAULT_CLASS_NAMES.get(n_classes, [str(i) for i in range(n_classes)])
+
+
+def check_labels(samples: Sequence[Sample], n_classes: int) -> None:
+    """Every label in 0..n_classes-1, else an error naming the list line."""
+    for s in samples:
+        if not 0 <= s.label < n_classes:
+            raise UserError(f"{s.rgb_source}: label {s.label} out of range 0..{n_classes - 1}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoded image store
+
+
+def decode_rgb(path: Path, size: int, source: str) -> np.ndarray:
+    """(3, size, size) uint8."""
+    array = _open(path, source, lambda im: np.asarray(im.convert("RGB")))
+    return _resize(array.transpose(2, 0, 1), size).round().clip(0, 255).astype(np.uint8)
+
+
+def decode_depth(path: Path, size: int, source: str) -> np.ndarray:
+    """(1, size, size) uint16 scaled to 0..65535: 8-bit images x 257, 16-bit as stored."""
+    def read(im: Image.Image) -> np.ndarray:
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            return np.asarray(im).astype(np.float32)
+        if im.mode in ("L", "P", "LA"):
+            return np.asarray(im.convert("L")).astype(np.float32) * 257.0
+        return np.asarray(im.convert("RGB"))[..., 0].astype(np.float32) * 257.0
+
+    array = _open(path, source, read)
+    return _resize(array[None], size).round().clip(0, 65535).astype(np.uint16)
+
+
+def _open(path: Path, source: str, read) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return read(im)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise UserError(f"{source}: cannot read image {path} ({err})") from None
+
+
+def _resize(array: np.ndarray, size: int) -> np.ndarray:
+    """(C, H, W) -> (C, size, size) float32, bilinear with antialiasing."""
+    if array.shape[1:] == (size, size):
+        return array.astype(np.float32)
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
+    return F.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False)[0].numpy()
+
+
+class ImageStore:
+    """All samples decoded once: `rgb` (N, 3, S, S) uint8 and `depth` (N, 1, S, S) uint16.
+
+    With `cache_dir`, the arrays live in memory-mapped `.npy` files named by a hash of the
+    sources (paths, sizes, modification times) and `load_size`, reused while they match.
+    """
+
+    def __init__(self, samples: Sequence[Sample], load_size: int, cache_dir: str | Path | None = None,
+                 workers: int = 0, progress: bool = True) -> None:
+        self.samples = list(samples)
+        self.load_size = load_size
+        n, s = len(self.samples), load_size
+        rgb_shape, depth_shape = (n, 3, s, s), (n, 1, s, s)
+        if cache_dir is None:
+            self.rgb = np.empty(rgb_shape, np.uint8)
+            self.depth = np.empty(depth_shape, np.uint16)
+            self._decode(range(n), workers, progress)
+            return
+        cache_dir = Path(cache_dir)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        stem = cache_dir / f"store_{self._fingerprint()}"
+        manifest = stem.with_suffix(".json")
+        rgb_file, depth_file = Path(f"{stem}_rgb.npy"), Path(f"{stem}_depth.npy")
+        if manifest.is_file() and rgb_file.is_file() and depth_file.is_file():
+            self.rgb = np.load(rgb_file, mmap_mode="r")
+            self.depth = np.load(depth_file, mmap_mode="r")
+            if self.rgb.shape == rgb_shape and self.depth.shape == depth_shape:
+                return
+        manifest.unlink(missing_ok=True)
+        self.rgb = np.lib.format.open_memmap(rgb_file, "w+", np.uint8, rgb_shape)
+        self.depth = np.lib.format.open_memmap(depth_file, "w+", np.uint16, depth_shape)
+        self._decode(range(n), workers, progress)
+        self.rgb.flush()
+        self.depth.flush()
+        manifest.write_text(json.dumps({"n": n, "load_size": s,
+                                        "first": str(self.samples[0].rgb_path)}) + "\n")
+
+    def _fingerprint(self) -> str:
+        digest = hashlib.sha1(str(self.load_size).encode())
+        for sample in self.samples:
+            for path in (sample.rgb_path, sample.depth_path):
+                stat = path.stat()
+                digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()[:16]
+
+    def _decode(self, indices: range, workers: int, progress: bool) -> None:
+        def one(i: int) -> None:
+            sample = self.samples[i]
+            self.rgb[i] = decode_rgb(sample.rgb_path, self.load_size, sample.rgb_source)
+            self.depth[i] = decode_depth(sample.depth_path, self.load_size, sample.depth_source)
+
+        bar = tqdm(total=len(indices), desc="decoding images", unit="pair", disable=not progress,
+                   leave=False)
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            for _ in pool.map(one, indices):
+                bar.update()
+        bar.close()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def batch(self, index: torch.Tensor, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Images of `index` (B,) on `device` as float in [0, 1]: RGB (B,3,S,S), depth (B,1,S,S)."""
+        order = index.cpu().numpy()
+        rgb = torch.from_numpy(np.ascontiguousarray(self.rgb[order]))
+        depth = torch.from_numpy(np.ascontiguousarray(self.depth[order]).view(np.int16))
+        device = torch.device(device)
+        if device.type == "cuda":
+            rgb, depth = rgb.pin_memory(), depth.pin_memory()
+        rgb = rgb.to(device, non_blocking=True).float().div_(255.0)
+        depth = depth.to(device, non_blocking=True).int().bitwise_and_(0xFFFF).float().div_(65535.0)
+        return rgb, depth
+
+
+def iterate_batches(n: int, batch_size: int, shuffle: bool, drop_last: bool,
+                    generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """Index batches (B,) over range(n); a permutation from `generator` when shuffling."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        batch = order[start:start + batch_size]
+        if drop_last and len(batch) < batch_size:
+            return
+        yield batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Command-line flags shared by the three entry scripts
+
+
+def add_data_args(parser: argparse.ArgumentParser, image_size: int = 224) -> None:
+    """Data and augmentation flags common to pre-training, probing and fine-tuning."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--data_folder", type=str, required=True,
+                       help="dataset root; list paths are relative to it; lists are looked for in "
+                            "DATA_FOLDER/data/v_rgb and v_depth")
+    group.add_argument("--list_folder", type=str, default=None,
+                       help="folder holding v_rgb/ and v_depth/ (default: DATA_FOLDER/data, then the repo's data/)")
+    group.add_argument("--path_prefix", action="append", default=[], metavar="OLD=NEW",
+                       help="rewrite list paths starting with OLD to start with NEW (repeatable)")
+    group.add_argument("--strict_pairs", action="store_true",
+                       help="a sample present in only one view is an error instead of a warning")
+    group.add_argument("--image_size", type=int, default=image_size, help="network input size (>= 64)")
+    group.add_argument("--load_size", type=int, default=None,
+                       help="size images are decoded to before cropping (default image_size*8/7)")
+    group.add_argument("--num_workers", type=int, default=2, help="threads decoding images")
+    group.add_argument("--cache_dir", type=str, default=None,
+                       help="keep decoded images in memory-mapped files here (reused across runs)")
+    group.add_argument("--rgb_mean", type=float, nargs=3, default=[0.4454, 0.4474, 0.4504])
+    group.add_argument("--rgb_std", type=float, nargs=3, default=[0.4474, 0.4505, 0.4502])
+    group.add_argument("--depth_mean", type=float, default=0.0423)
+    group.add_argument("--depth_std", type=float, default=0.1761)
+
+
+def finish_data_args(args: argparse.Namespace) -> None:
+    """Validate data flags and fill derived values (in place)."""
+    if args.image_size < 64:
+        raise UserError(f"--image_size {args.image_size}: must be at least 64")
+    if args.load_size is None:
+        args.load_size = round(args.image_size * 8 / 7)
+    if args.load_size < args.image_size:
+        raise UserError(f"--load_size {args.load_size} is smaller than --image_size {args.image_size}")
+    if not Path(args.data_folder).is_dir():
+        raise UserError(f"{args.data_folder}: data folder not found")
+    args.prefixes = parse_prefixes(args.path_prefix)

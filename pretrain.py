@@ -1,0 +1,228 @@
+"""DVSCL pre-training: one encoder per view, a memory bank per view, NCE or softmax-NCE.
+
+The logic behind `pre-train_CVSCL.py`, in CMC's shape: `parse_option`, `set_model`,
+`set_optimizer`, `train` (one epoch), `main`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+import augment
+import dataset
+import util
+from models import MODEL_NAMES, build_model
+from NCE import ContrastMemory, NCECriterion, NCESoftmaxLoss
+
+CHECKPOINT_FORMAT = "dvscl-pretrain-1"
+AMP_DTYPES = {"O1": torch.float16, "O2": torch.bfloat16}
+
+
+def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        "pre-train_CVSCL.py", description="DVSCL pre-training on RGB/depth difference-image pairs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--print_freq", type=int, default=10, help="steps between progress-bar updates of the loss")
+    parser.add_argument("--save_freq", type=int, default=10, help="epochs between numbered checkpoints")
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=240)
+    parser.add_argument("--learning_rate", type=float, default=0.003)
+    parser.add_argument("--lr_decay_epochs", type=str, default="160,200", help="epochs after which the lr decays")
+    parser.add_argument("--lr_decay_rate", type=float, default=0.1)
+    parser.add_argument("--weight_decay", type=float, default=1e-4)
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    parser.add_argument("--resume", type=str, default="", metavar="PATH", help="checkpoint to continue from")
+    parser.add_argument("--model", type=str, default="alexnet", choices=MODEL_NAMES)
+    parser.add_argument("--softmax", action="store_true", help="softmax-NCE (InfoNCE) instead of NCE")
+    parser.add_argument("--nce_k", type=int, default=4096, help="negatives per positive")
+    parser.add_argument("--nce_t", type=float, default=0.07, help="temperature")
+    parser.add_argument("--nce_m", type=float, default=0.5, help="memory-bank momentum")
+    parser.add_argument("--feat_dim", type=int, default=128, help="embedding size")
+    parser.add_argument("--exclude_self", action="store_true",
+                        help="never draw the anchor as its own negative (the original draws uniformly)")
+    parser.add_argument("--bank_dtype", choices=["float32", "float16"], default="float32",
+                        help="storage type of the memory banks (float16 halves their memory)")
+    parser.add_argument("--model_path", type=str, required=True, help="where run folders with checkpoints go")
+    parser.add_argument("--tb_path", type=str, required=True, help="where TensorBoard run folders go")
+    parser.add_argument("--amp", action="store_true", help="mixed precision with torch.amp")
+    parser.add_argument("--opt_level", choices=sorted(AMP_DTYPES), default="O2",
+                        help="with --amp: O1 = float16 autocast with a GradScaler, O2 = bfloat16 autocast")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--intensity_threshold", type=float, default=None,
+                        help="keep only pool pairs with intensity >= this (intensity perception)")
+    parser.add_argument("--intensity_csv", type=str, default=None, help="CSV with columns key,intensity")
+    parser.add_argument("--exclude_subjects", type=str, default="",
+                        help="comma-separated subjects (e.g. spNO1) left out of the pool")
+    dataset.add_data_args(parser)
+    augment.add_augment_args(parser, crop_low=0.2, jitter=0.4, grayscale_p=0.2)
+    args = parser.parse_args(argv)
+    dataset.finish_data_args(args)
+    args.lr_decay_epochs = util.parse_int_list(args.lr_decay_epochs)
+    if args.batch_size < 2:
+        raise util.UserError("--batch_size must be at least 2 (batch norm needs two samples)")
+    args.method = "softmax" if args.softmax else "nce"
+    args.model_name = (f"memory_{args.method}_{args.nce_k}_{args.model}_lr_{args.learning_rate}"
+                       f"_decay_{args.weight_decay}_bsz_{args.batch_size}")
+    if args.amp:
+        args.model_name += f"_amp_{args.opt_level}"
+    args.model_name += "_view_RGB_D"
+    if args.intensity_threshold is not None:
+        args.model_name += f"_int_{args.intensity_threshold:g}"
+    args.model_folder = str(Path(args.model_path) / args.model_name)
+    args.tb_folder = str(Path(args.tb_path) / args.model_name)
+    return args
+
+
+def set_model(args: argparse.Namespace, n_data: int, device: torch.device):
+    """Encoders, the two-bank memory and the loss, on `device`."""
+    model = build_model(args.model, feat_dim=args.feat_dim).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    contrast = ContrastMemory(args.feat_dim, n_data, args.nce_k, args.nce_t, args.nce_m,
+                              softmax=args.softmax, exclude_self=args.exclude_self,
+                              bank_dtype=getattr(torch, args.bank_dtype)).to(device)
+    criterion = NCESoftmaxLoss() if args.softmax else NCECriterion(n_data)
+    return model, contrast, criterion.to(device)
+
+
+def set_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
+                           weight_decay=args.weight_decay)
+
+
+def train(epoch: int, store: dataset.ImageStore, transform: augment.PairAugment, model, contrast,
+          criterion, optimizer, scaler, args: argparse.Namespace, device: torch.device) -> dict:
+    """One epoch over the pool. Returns the epoch means of both views' losses and positive scores."""
+    model.train()
+    meters = {k: util.AverageMeter() for k in ("loss", "rgb_loss", "depth_loss", "rgb_prob", "depth_prob")}
+    order = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
+    batches = list(dataset.iterate_batches(len(store), args.batch_size, shuffle=True, drop_last=True,
+                                           generator=order))
+    autocast = (torch.autocast(device.type, dtype=AMP_DTYPES[args.opt_level]) if args.amp else nullcontext())
+    start = time.time()
+    bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False)
+    for step, index in enumerate(bar, start=1):
+        x = transform(*store.batch(index, device))
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        index = index.to(device, non_blocking=True)
+        with autocast:
+            feat_rgb, feat_depth = model(x)
+        out_rgb, out_depth = contrast(feat_rgb.float(), feat_depth.float(), index)
+        rgb_loss, depth_loss = criterion(out_rgb), criterion(out_depth)
+        loss = rgb_loss + depth_loss
+        if not torch.isfinite(loss):
+            raise util.UserError(f"non-finite loss ({loss.item()}) at epoch {epoch} step {step}; "
+                                 f"the last good checkpoint in {args.model_folder} is intact")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        bsz = index.numel()
+        for name, value in (("loss", loss), ("rgb_loss", rgb_loss), ("depth_loss", depth_loss),
+                            ("rgb_prob", out_rgb[:, 0].mean()), ("depth_prob", out_depth[:, 0].mean())):
+            meters[name].update(value.item(), bsz)
+        if step % args.print_freq == 0 or step == len(batches):
+            bar.set_postfix(loss=f"{meters['loss'].avg:.3f}", rgb_p=f"{meters['rgb_prob'].avg:.3f}",
+                            depth_p=f"{meters['depth_prob'].avg:.3f}")
+    bar.close()
+    stats = {k: m.avg for k, m in meters.items()}
+    stats["images_per_s"] = len(batches) * args.batch_size / max(time.time() - start, 1e-9)
+    return stats
+
+
+def checkpoint_state(model, contrast, optimizer, scaler, epoch: int, args: argparse.Namespace) -> dict:
+    """Everything needed to continue, as state dicts and plain data (loads with weights_only)."""
+    plain_args = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}
+    return {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "contrast": contrast.state_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+            "args": json.loads(json.dumps(plain_args)), "rng": util.rng_state()}
+
+
+def resume(path: str, model, contrast, optimizer, scaler, args: argparse.Namespace) -> int:
+    """Restore a run from `path`; returns the first epoch still to train. Flags win over stored args."""
+    ckpt = util.load_checkpoint(path)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise util.UserError(f"{path}: not a DVSCL pre-training checkpoint (no format '{CHECKPOINT_FORMAT}')")
+    stored = ckpt["args"]
+    if stored.get("model") != args.model or stored.get("feat_dim") != args.feat_dim:
+        raise util.UserError(f"{path}: checkpoint is {stored.get('model')} feat_dim {stored.get('feat_dim')}, "
+                             f"run asks for {args.model} feat_dim {args.feat_dim}")
+    bank_rows = ckpt["contrast"]["memory_rgb"].shape[0]
+    if bank_rows != contrast.memory_rgb.shape[0]:
+        raise util.UserError(f"{path}: memory bank has {bank_rows} rows but the pool has "
+                             f"{contrast.memory_rgb.shape[0]} pairs (same lists and threshold needed)")
+    changed = sorted(k for k in ("nce_k", "nce_t", "nce_m", "learning_rate", "epochs", "batch_size")
+                     if stored.get(k) != getattr(args, k))
+    if changed:
+        print("resume: command-line values win for " +
+              ", ".join(f"{k} ({stored.get(k)} -> {getattr(args, k)})" for k in changed))
+    model.load_state_dict(ckpt["model"])
+    contrast.load_state_dict(ckpt["contrast"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    util.set_rng_state(ckpt["rng"])
+    print(f"resumed from {path} (epoch {ckpt['epoch']})")
+    return ckpt["epoch"] + 1
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run pre-training; returns the run folder holding the checkpoints."""
+    args = parse_option(argv)
+    device = util.pick_device(args.device)
+    util.set_seed(args.seed)
+    print(f"git revision {util.git_revision()}")
+    print("arguments: " + ", ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
+
+    list_folder = dataset.find_list_folder(args.data_folder, args.list_folder)
+    exclude = [s for s in args.exclude_subjects.split(",") if s]
+    pool = dataset.load_pool(list_folder, Path(args.data_folder), args.prefixes, args.strict_pairs,
+                             args.intensity_threshold, args.intensity_csv, exclude)
+    if len(pool) < args.batch_size:
+        raise util.UserError(f"{list_folder}: the pool has {len(pool)} pairs, fewer than --batch_size "
+                             f"{args.batch_size}")
+    store = dataset.ImageStore(pool, args.load_size, args.cache_dir, args.num_workers)
+    transform = augment.from_args(args, train=True)
+
+    model, contrast, criterion = set_model(args, len(pool), device)
+    optimizer = set_optimizer(args, model)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and args.opt_level == "O1"
+                                  and device.type == "cuda")
+    start_epoch = resume(args.resume, model, contrast, optimizer, scaler, args) if args.resume else 1
+
+    model_folder = Path(args.model_folder)
+    model_folder.mkdir(parents=True, exist_ok=True)
+    writer = SummaryWriter(args.tb_folder)
+    print(f"{len(pool)} pairs, {args.model} on {device}; checkpoints in {model_folder}")
+    with (model_folder / "log.jsonl").open("a") as log:
+        for epoch in range(start_epoch, args.epochs + 1):
+            lr = util.step_lr(epoch, args.learning_rate, args.lr_decay_epochs, args.lr_decay_rate)
+            util.set_lr(optimizer, lr)
+            stats = train(epoch, store, transform, model, contrast, criterion, optimizer, scaler, args, device)
+            stats["learning_rate"] = lr
+            for name, value in stats.items():
+                writer.add_scalar(name, value, epoch)
+            writer.flush()
+            log.write(json.dumps({"epoch": epoch, **stats}) + "\n")
+            log.flush()
+            print(f"epoch {epoch}: loss {stats['loss']:.4f} (rgb {stats['rgb_loss']:.4f}, depth "
+                  f"{stats['depth_loss']:.4f}), positive rgb {stats['rgb_prob']:.4f} depth "
+                  f"{stats['depth_prob']:.4f}, {stats['images_per_s']:.1f} images/s")
+            state = checkpoint_state(model, contrast, optimizer, scaler, epoch, args)
+            if epoch % args.save_freq == 0 or epoch == args.epochs:
+                util.atomic_save(state, model_folder / f"ckpt_epoch_{epoch}.pth")
+            util.atomic_save(state, model_folder / "last.pth")
+    writer.close()
+    if start_epoch > args.epochs:
+        print(f"nothing to do: the checkpoint already reached epoch {args.epochs}")
+    print(f"checkpoints: {model_folder}")
+    return model_folder
