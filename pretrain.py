@@ -101,7 +101,12 @@ def set_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.opt
 
 def train(epoch: int, store: dataset.ImageStore, transform: augment.PairAugment, model, contrast,
           criterion, optimizer, scaler, args: argparse.Namespace, device: torch.device) -> dict:
-    """One epoch over the pool. Returns the epoch means of both views' losses and positive scores."""
+    """One epoch over the pool.
+
+    Returns the epoch means of both views' losses and positive probabilities (the model's
+    probability that the positive is the data sample: P0 / (P0 + K/n) for NCE, softmax column 0
+    for softmax-NCE), plus images/s.
+    """
     model.train()
     meters = {k: util.AverageMeter() for k in ("loss", "rgb_loss", "depth_loss", "rgb_prob", "depth_prob")}
     order = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
@@ -129,7 +134,8 @@ def train(epoch: int, store: dataset.ImageStore, transform: augment.PairAugment,
         scaler.update()
         bsz = index.numel()
         for name, value in (("loss", loss), ("rgb_loss", rgb_loss), ("depth_loss", depth_loss),
-                            ("rgb_prob", out_rgb[:, 0].mean()), ("depth_prob", out_depth[:, 0].mean())):
+                            ("rgb_prob", criterion.positive_probability(out_rgb).mean()),
+                            ("depth_prob", criterion.positive_probability(out_depth).mean())):
             meters[name].update(value.item(), bsz)
         if step % args.print_freq == 0 or step == len(batches):
             bar.set_postfix(loss=f"{meters['loss'].avg:.3f}", rgb_p=f"{meters['rgb_prob'].avg:.3f}",

@@ -1,0 +1,315 @@
+"""The contrast memory and its losses against plain-loop references (lightly-style)."""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import Tensor
+
+import distributed
+from NCE import ContrastMemory, NCECriterion, NCESoftmaxLoss
+
+FEAT_DIM = 8
+EPS = 1e-7
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def unit_rows(n: int, d: int = FEAT_DIM) -> Tensor:
+    return F.normalize(torch.randn(n, d), dim=1)
+
+
+def run_and_draw(memory: ContrastMemory, feat_rgb: Tensor, feat_depth: Tensor, index: Tensor):
+    """Forward once; return the outputs and the (B, K+1) indices it drew (re-drawn from the RNG)."""
+    state = torch.get_rng_state()
+    out = memory(feat_rgb, feat_depth, index)
+    after = torch.get_rng_state()
+    torch.set_rng_state(state)
+    idx = memory.draw_indices(index)
+    assert torch.equal(torch.get_rng_state(), after)
+    return out, idx.tolist()
+
+
+def ref_dots(feat: list, bank: list, idx: list) -> list:
+    return [[sum(a * b for a, b in zip(feat[i], bank[j])) for j in row] for i, row in enumerate(idx)]
+
+
+def ref_outputs(dots: list, t: float, softmax: bool, n_data: int, z: float | None = None):
+    """Plain-loop memory outputs; returns (outputs, Z) where Z is estimated when not given."""
+    if softmax:
+        return [[s / t for s in row] for row in dots], None
+    exps = [[math.exp(s / t) for s in row] for row in dots]
+    if z is None:
+        z = sum(sum(row) for row in exps) / (len(exps) * len(exps[0])) * n_data
+    return [[e / z for e in row] for row in exps], z
+
+
+def ref_nce_loss(probs: list, n_data: int) -> float:
+    total = 0.0
+    for row in probs:
+        noise = (len(row) - 1) / n_data
+        total += math.log(row[0] / (row[0] + noise + EPS))
+        for p in row[1:]:
+            total += math.log(noise / (p + noise + EPS))
+    return -total / len(probs)
+
+
+def ref_softmax_loss(logits: list) -> float:
+    total = 0.0
+    for row in logits:
+        top = max(row)
+        total += top + math.log(sum(math.exp(x - top) for x in row)) - row[0]
+    return total / len(logits)
+
+
+def ref_momentum(row: list, feat: list, m: float) -> list:
+    new = [m * r + (1 - m) * f for r, f in zip(row, feat)]
+    norm = math.sqrt(sum(x * x for x in new))
+    return [x / norm for x in new]
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+@pytest.mark.parametrize("n_data", [8, 50, 300])
+@pytest.mark.parametrize("batch", [1, 4, 8])
+@pytest.mark.parametrize("t", [0.07, 0.5])
+@pytest.mark.parametrize("k", [1, 16, 100])
+def test_memory_and_losses_match_loop_reference(k: int, t: float, batch: int, n_data: int, softmax: bool) -> None:
+    memory = ContrastMemory(FEAT_DIM, n_data, k, t, 0.5, softmax=softmax)
+    bank_rgb, bank_depth = memory.memory_rgb.tolist(), memory.memory_depth.tolist()
+    feat_rgb, feat_depth = unit_rows(batch), unit_rows(batch)
+    index = torch.randperm(n_data)[:batch]
+    (out_rgb, out_depth), idx = run_and_draw(memory, feat_rgb, feat_depth, index)
+
+    assert [row[0] for row in idx] == index.tolist()
+    assert all(0 <= j < n_data for row in idx for j in row)
+    crit = NCESoftmaxLoss() if softmax else NCECriterion(n_data)
+    ref_loss = ref_softmax_loss if softmax else (lambda p: ref_nce_loss(p, n_data))
+    for out, feat, other_bank, view in ((out_rgb, feat_rgb, bank_depth, 0), (out_depth, feat_depth, bank_rgb, 1)):
+        expected, z = ref_outputs(ref_dots(feat.tolist(), other_bank, idx), t, softmax, n_data)
+        assert out.shape == (batch, k + 1) and out.dtype == torch.float32
+        torch.testing.assert_close(out, torch.tensor(expected), rtol=1e-5, atol=1e-6)
+        if not softmax:
+            assert memory.z[view].item() == pytest.approx(z, rel=1e-5)
+        assert crit(out).item() == pytest.approx(ref_loss(expected), rel=1e-5, abs=1e-6)
+
+    updated = ((memory.memory_rgb, bank_rgb, feat_rgb), (memory.memory_depth, bank_depth, feat_depth))
+    for bank, old, feats in updated:
+        expected_bank = list(old)
+        for i, j in enumerate(index.tolist()):
+            expected_bank[j] = ref_momentum(old[j], feats[i].tolist(), 0.5)
+        torch.testing.assert_close(bank, torch.tensor(expected_bank), rtol=0, atol=1e-6)
+
+
+def test_banks_start_and_stay_unit_norm() -> None:
+    memory = ContrastMemory(FEAT_DIM, 40, 16, 0.07, 0.5)
+    for _ in range(200):
+        feats = 3.0 * torch.randn(2, 10, FEAT_DIM)
+        memory(feats[0], feats[1], torch.randperm(40)[:10])
+    for bank in (memory.memory_rgb, memory.memory_depth):
+        torch.testing.assert_close(bank.norm(dim=1), torch.ones(40), rtol=0, atol=1e-5)
+
+
+def test_momentum_update_is_exact_and_touches_only_positive_rows() -> None:
+    m = 0.3
+    memory = ContrastMemory(FEAT_DIM, 10, 4, 0.1, m, softmax=True)
+    before = memory.memory_rgb.clone()
+    feats = torch.randn(2, 3, FEAT_DIM)
+    memory(feats[0], feats[1], torch.tensor([7, 2, 7]))
+    for row in range(10):
+        if row == 7:
+            expected = ref_momentum(before[7].tolist(), feats[0, 2].tolist(), m)
+        elif row == 2:
+            expected = ref_momentum(before[2].tolist(), feats[0, 1].tolist(), m)
+        else:
+            expected = before[row].tolist()
+        torch.testing.assert_close(memory.memory_rgb[row], torch.tensor(expected), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+def test_zero_features_never_produce_nan(softmax: bool) -> None:
+    memory = ContrastMemory(FEAT_DIM, 12, 8, 0.07, 0.0, softmax=softmax)
+    before = memory.memory_depth.clone()
+    zeros = torch.zeros(4, FEAT_DIM)
+    out_rgb, out_depth = memory(zeros, zeros, torch.arange(4))
+    crit = NCESoftmaxLoss() if softmax else NCECriterion(12)
+    for out in (out_rgb, out_depth):
+        assert torch.isfinite(out).all() and torch.isfinite(crit(out))
+    torch.testing.assert_close(memory.memory_depth, before, rtol=0, atol=0)
+
+
+def test_exclude_self_never_draws_the_anchor() -> None:
+    memory = ContrastMemory(FEAT_DIM, 5, 400, 0.07, 0.5, exclude_self=True)
+    index = torch.arange(5)
+    idx = memory.draw_indices(index)
+    for anchor, row in zip(index.tolist(), idx.tolist()):
+        assert row[0] == anchor
+        assert set(row[1:]) == set(range(5)) - {anchor}
+    default = ContrastMemory(FEAT_DIM, 3, 200, 0.07, 0.5).draw_indices(torch.arange(3))
+    assert (default[:, 1:] == default[:, :1]).any(dim=1).all()
+    with pytest.raises(ValueError):
+        ContrastMemory(FEAT_DIM, 1, 4, 0.07, 0.5, exclude_self=True)
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+def test_gradients_reach_both_views_and_only_their_own(softmax: bool) -> None:
+    memory = ContrastMemory(FEAT_DIM, 30, 16, 0.07, 0.5, softmax=softmax)
+    crit = NCESoftmaxLoss() if softmax else NCECriterion(30)
+    encoders = torch.nn.ModuleList([torch.nn.Linear(5, FEAT_DIM), torch.nn.Linear(5, FEAT_DIM)])
+    before = [encoder.weight.detach().clone() for encoder in encoders]
+    x = torch.randn(6, 5)
+    feat_rgb, feat_depth = (F.normalize(encoder(x), dim=1) for encoder in encoders)
+    out_rgb, out_depth = memory(feat_rgb, feat_depth, torch.arange(6))
+
+    for out, own_view in ((out_rgb, 0), (out_depth, 1)):
+        grads = torch.autograd.grad(out.sum(), [feat_rgb, feat_depth], retain_graph=True, materialize_grads=True)
+        assert grads[own_view].abs().sum() > 0 and grads[1 - own_view].abs().sum() == 0
+
+    optimizer = torch.optim.SGD(encoders.parameters(), lr=0.1)
+    (crit(out_rgb) + crit(out_depth)).backward()
+    optimizer.step()
+    for encoder, old in zip(encoders, before):
+        assert not torch.equal(encoder.weight, old)
+
+
+def test_z_estimated_once_and_again_when_t_changes() -> None:
+    n_data, t = 20, 0.07
+    memory = ContrastMemory(FEAT_DIM, n_data, 6, t, 0.5)
+    feats = unit_rows(4)
+    memory(feats, feats, torch.arange(4))
+    z_first = memory.z.clone()
+    assert (z_first > 0).all() and memory.z_t.item() == t
+
+    bank_rgb, bank_depth = memory.memory_rgb.tolist(), memory.memory_depth.tolist()
+    feat_rgb, feat_depth = unit_rows(4), unit_rows(4)
+    (out_rgb, out_depth), idx = run_and_draw(memory, feat_rgb, feat_depth, torch.arange(4, 8))
+    assert torch.equal(memory.z, z_first)
+    for out, feat, bank, view in ((out_rgb, feat_rgb, bank_depth, 0), (out_depth, feat_depth, bank_rgb, 1)):
+        expected, _ = ref_outputs(ref_dots(feat.tolist(), bank, idx), t, False, n_data, z_first[view].item())
+        torch.testing.assert_close(out, torch.tensor(expected), rtol=1e-5, atol=1e-7)
+
+    memory.nce_t = 0.2
+    bank_depth = memory.memory_depth.tolist()
+    (out_rgb, _), idx = run_and_draw(memory, feat_rgb, feat_depth, torch.arange(4))
+    _, z = ref_outputs(ref_dots(feat_rgb.tolist(), bank_depth, idx), 0.2, False, n_data)
+    assert memory.z_t.item() == 0.2 and memory.z[0].item() == pytest.approx(z, rel=1e-5)
+
+    softmax = ContrastMemory(FEAT_DIM, n_data, 6, t, 0.5, softmax=True)
+    softmax(feats, feats, torch.arange(4))
+    assert (softmax.z == 0).all() and softmax.z_t.item() == 0
+
+
+def test_state_dict_round_trip_keeps_banks_and_z_but_not_flags() -> None:
+    saved = ContrastMemory(FEAT_DIM, 16, 8, 0.07, 0.5)
+    feats = unit_rows(4)
+    saved(feats, feats, torch.arange(4))
+    buffer = io.BytesIO()
+    torch.save(saved.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    assert set(state) == {"memory_rgb", "memory_depth", "z", "z_t"}
+
+    resumed = ContrastMemory(FEAT_DIM, 16, 32, 0.07, 0.9, softmax=False, exclude_self=True)
+    resumed.load_state_dict(state)
+    for name in state:
+        assert torch.equal(getattr(resumed, name), getattr(saved, name))
+    assert (resumed.nce_k, resumed.nce_t, resumed.nce_m, resumed.exclude_self) == (32, 0.07, 0.9, True)
+    out_rgb, _ = resumed(feats, feats, torch.arange(4, 8))
+    assert out_rgb.shape == (4, 33) and torch.equal(resumed.z, saved.z)
+
+    retuned = ContrastMemory(FEAT_DIM, 16, 8, 0.5, 0.5)
+    retuned.load_state_dict(state)
+    retuned(feats, feats, torch.arange(4))
+    assert retuned.z_t.item() == 0.5 and not torch.equal(retuned.z, saved.z)
+
+
+def test_float16_banks_score_in_float32() -> None:
+    memory = ContrastMemory(FEAT_DIM, 50, 16, 0.07, 0.5, bank_dtype=torch.float16)
+    assert memory.memory_rgb.dtype == memory.memory_depth.dtype == torch.float16
+    bank_depth = memory.memory_depth.float().tolist()
+    feat_rgb, feat_depth = unit_rows(4), unit_rows(4)
+    (out_rgb, _), idx = run_and_draw(memory, feat_rgb, feat_depth, torch.arange(4))
+    assert out_rgb.dtype == torch.float32
+    expected, _ = ref_outputs(ref_dots(feat_rgb.tolist(), bank_depth, idx), 0.07, False, 50)
+    torch.testing.assert_close(out_rgb, torch.tensor(expected), rtol=1e-5, atol=1e-7)
+    for _ in range(50):
+        memory(torch.randn(8, FEAT_DIM), torch.randn(8, FEAT_DIM), torch.randperm(50)[:8])
+    for bank in (memory.memory_rgb, memory.memory_depth):
+        assert bank.dtype == torch.float16
+        torch.testing.assert_close(bank.float().norm(dim=1), torch.ones(50), rtol=0, atol=2e-3)
+
+    full = ContrastMemory(FEAT_DIM, 50, 16, 0.07, 0.5)
+    full.load_state_dict(memory.state_dict())
+    assert full.memory_rgb.dtype == torch.float32 and torch.equal(full.memory_rgb, memory.memory_rgb.float())
+
+
+def test_scores_stay_float32_under_autocast() -> None:
+    memory = ContrastMemory(FEAT_DIM, 20, 8, 0.07, 0.5, softmax=True)
+    feats = unit_rows(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_rgb, out_depth = memory(feats.bfloat16(), feats.bfloat16(), torch.arange(4))
+    assert out_rgb.dtype == out_depth.dtype == torch.float32
+
+
+def test_positive_probability() -> None:
+    logits = torch.tensor([[2.0, 0.0, 1.0]])
+    torch.testing.assert_close(NCESoftmaxLoss().positive_probability(logits), torch.softmax(logits, 1)[:, 0])
+    probs = torch.tensor([[0.3, 0.1, 0.2]])
+    torch.testing.assert_close(NCECriterion(10).positive_probability(probs), torch.tensor([0.3 / (0.3 + 0.2)]))
+
+
+def test_distributed_helpers_are_identity_in_one_process() -> None:
+    t = torch.randn(3, 2, requires_grad=True)
+    assert not distributed.is_distributed()
+    assert (distributed.rank(), distributed.world_size(), distributed.is_main_process()) == (0, 1, True)
+    gathered = distributed.all_gather_cat(t)
+    assert torch.equal(gathered, t) and not gathered.requires_grad
+    assert torch.equal(distributed.all_reduce_mean(t), t)
+    before = t.detach().clone()
+    assert distributed.broadcast_(t.detach()) is not None and torch.equal(t, before)
+
+
+STEPS, LOCAL_BATCH, N_DATA = 3, 4, 24
+
+
+def _step_inputs(step: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The global batch of ``step``: (2, 2*LOCAL_BATCH, D) features, (2*LOCAL_BATCH,) indices."""
+    generator = torch.Generator().manual_seed(100 + step)
+    feats = F.normalize(torch.randn(2, 2 * LOCAL_BATCH, FEAT_DIM, generator=generator), dim=2)
+    return feats, torch.randperm(N_DATA, generator=generator)[: 2 * LOCAL_BATCH]
+
+
+def _worker(rank: int, rendezvous: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2)
+    torch.manual_seed(rank)
+    memory = ContrastMemory(FEAT_DIM, N_DATA, 8, 0.07, 0.5)
+    rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+    for step in range(STEPS):
+        feats, index = _step_inputs(step)
+        memory(feats[0, rows], feats[1, rows], index[rows])
+    gathered = distributed.all_gather_cat(torch.full((rank + 1,), float(rank)))
+    torch.save({**memory.state_dict(), "gathered": gathered}, Path(out_dir) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_process_banks_identical_and_equal_one_process(tmp_path: Path) -> None:
+    mp.spawn(_worker, args=(f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    torch.manual_seed(0)
+    single = ContrastMemory(FEAT_DIM, N_DATA, 8, 0.07, 0.5)
+    for step in range(STEPS):
+        feats, index = _step_inputs(step)
+        single(feats[0], feats[1], index)
+    for name in ("memory_rgb", "memory_depth", "z", "z_t"):
+        assert torch.equal(ranks[0][name], ranks[1][name])
+    for name in ("memory_rgb", "memory_depth"):
+        torch.testing.assert_close(ranks[0][name], getattr(single, name), rtol=0, atol=1e-6)
+    assert ranks[0]["gathered"].tolist() == [0.0, 1.0, 1.0]

@@ -1,0 +1,150 @@
+"""Pre-training: both encoders learn, checkpoints are safe, resume is exact, bad input fails cleanly."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dataset
+import pretrain
+from util import REPO_ROOT, UserError
+
+FAST = ["--image_size", "64", "--batch_size", "8", "--nce_k", "32", "--num_workers", "0",
+        "--learning_rate", "0.03", "--print_freq", "1"]
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory) -> Path:
+    """24 random RGB/depth pairs of three subjects, pool lists with intensity, depth list reversed."""
+    root = tmp_path_factory.mktemp("pool")
+    rng = np.random.default_rng(0)
+    rgb_lines, depth_lines = [], []
+    for i in range(24):
+        subject = f"spNO.{1 + i % 3}"
+        stem = f"{subject}-a-{i + 6}-{subject}-a-{i}_diff"
+        Image.fromarray(rng.integers(0, 256, (72, 72, 3), dtype=np.uint8)).save(root / f"{stem}.png")
+        Image.fromarray(rng.integers(0, 256, (72, 72), dtype=np.uint8)).save(root / f"{stem}_depth.png")
+        rgb_lines.append(f"{stem}.png -1 0 {i / 24:.4f}")
+        depth_lines.append(f"{stem}_depth.png -1 0")
+    for view, lines in (("v_rgb", rgb_lines), ("v_depth", depth_lines[::-1])):
+        (root / "data" / view).mkdir(parents=True)
+        (root / "data" / view / "pretrain.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO_ROOT / "pre-train_CVSCL.py"), *argv],
+                          capture_output=True, text=True, timeout=600)
+
+
+def run_args(pool: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data_folder", str(pool), "--model_path", str(out / "models"), "--tb_path", str(out / "tb"),
+            *FAST, *extra]
+
+
+@pytest.mark.parametrize("loss", ["nce", "softmax"])
+def test_one_step_trains_both_encoders(pool: Path, tmp_path: Path, loss: str):
+    args = pretrain.parse_option(run_args(pool, tmp_path, "--epochs", "1",
+                                          *(["--softmax"] if loss == "softmax" else [])))
+    samples = dataset.load_pool(dataset.find_list_folder(pool), pool)
+    store = dataset.ImageStore(samples[:8], args.load_size, progress=False)
+    device = torch.device("cpu")
+    model, contrast, criterion = pretrain.set_model(args, len(store), device)
+    optimizer = pretrain.set_optimizer(args, model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    stats = pretrain.train(1, store, pretrain.augment.from_args(args, True), model, contrast, criterion,
+                           optimizer, scaler, args, device)
+    assert np.isfinite(stats["loss"])
+    after = model.state_dict()
+    for branch in ("rgb_to_d", "d_to_rgb"):
+        for block in ("conv_block_1.0.weight", "conv_block_5.0.weight", "fc8.0.weight"):
+            key = f"{branch}.{block}"
+            assert not torch.equal(before[key], after[key]), f"{key} did not change"
+
+
+def test_cli_writes_safe_checkpoints_and_logs(pool: Path, tmp_path: Path):
+    result = cli(*run_args(pool, tmp_path, "--epochs", "2", "--save_freq", "1"))
+    assert result.returncode == 0, result.stderr
+    [run] = (tmp_path / "models").iterdir()
+    assert run.name == "memory_nce_32_alexnet_lr_0.03_decay_0.0001_bsz_8_view_RGB_D"
+    for name in ("ckpt_epoch_1.pth", "ckpt_epoch_2.pth", "last.pth"):
+        ckpt = torch.load(run / name, map_location="cpu", weights_only=True)
+        assert set(ckpt) >= {"model", "contrast", "optimizer", "scaler", "epoch", "args", "rng"}
+        assert all(not k.startswith("module.") for k in ckpt["model"])
+        bank = ckpt["contrast"]["memory_rgb"]
+        assert bank.shape == (24, 128)
+        assert torch.allclose(bank.norm(dim=1), torch.ones(24), atol=1e-4)
+    assert torch.load(run / "last.pth", weights_only=True)["epoch"] == 2
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [1, 2]
+    assert list((tmp_path / "tb" / run.name).glob("events.out.tfevents.*"))
+
+
+def test_resume_is_exact_and_flags_win(pool: Path, tmp_path: Path):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert cli(*run_args(pool, straight, "--epochs", "3")).returncode == 0
+    assert cli(*run_args(pool, stopped, "--epochs", "2")).returncode == 0
+    [run] = (stopped / "models").iterdir()
+    resumed = cli(*run_args(pool, stopped, "--epochs", "3", "--resume", str(run / "last.pth")))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout and "command-line values win for epochs (2 -> 3)" in resumed.stdout
+    a = torch.load(next((straight / "models").iterdir()) / "last.pth", weights_only=True)
+    b = torch.load(run / "last.pth", weights_only=True)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in a["contrast"]:
+        assert torch.equal(a["contrast"][key], b["contrast"][key]), key
+
+
+def test_intensity_threshold_filters_pool(pool: Path, tmp_path: Path):
+    result = cli(*run_args(pool, tmp_path, "--epochs", "1", "--intensity_threshold", "0.5"))
+    assert result.returncode == 0, result.stderr
+    assert "kept 12 pairs, dropped 12" in result.stdout
+    [run] = (tmp_path / "models").iterdir()
+    assert run.name.endswith("_int_0.5")
+    assert torch.load(run / "last.pth", weights_only=True)["contrast"]["memory_rgb"].shape[0] == 12
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda root: root / "missing", "data folder not found"),
+    (lambda root: root, "pretrain.txt:1: image not found"),
+])
+def test_bad_data_fails_with_one_line(pool: Path, tmp_path: Path, change, message: str):
+    root = tmp_path / "broken"
+    for view in ("v_rgb", "v_depth"):
+        (root / "data" / view).mkdir(parents=True)
+        (root / "data" / view / "pretrain.txt").write_text("gone.png -1 0\n")
+    result = cli(*run_args(change(root), tmp_path))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and message in lines[-1]
+
+
+def test_wrong_checkpoint_on_resume(pool: Path, tmp_path: Path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"garbage")
+    result = cli(*run_args(pool, tmp_path, "--epochs", "1", "--resume", str(bad)))
+    assert result.returncode == 2 and "bad.pth: not a loadable checkpoint" in result.stderr
+    other = tmp_path / "other.pth"
+    torch.save({"format": pretrain.CHECKPOINT_FORMAT, "args": {"model": "resnet18v1", "feat_dim": 128}}, other)
+    result = cli(*run_args(pool, tmp_path, "--epochs", "1", "--resume", str(other)))
+    assert result.returncode == 2 and "checkpoint is resnet18v1" in result.stderr
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(pool: Path, tmp_path: Path, monkeypatch):
+    pretrain.main(run_args(pool, tmp_path, "--epochs", "1"))
+    [run] = (tmp_path / "models").iterdir()
+    good = torch.load(run / "last.pth", weights_only=True)
+    monkeypatch.setattr(pretrain.NCECriterion, "forward", lambda self, x: x.sum() * float("nan"))
+    with pytest.raises(UserError, match="non-finite loss .* at epoch 2 step 1"):
+        pretrain.main(run_args(pool, tmp_path, "--epochs", "2", "--resume", str(run / "last.pth")))
+    kept = torch.load(run / "last.pth", weights_only=True)
+    assert kept["epoch"] == 1
+    assert all(torch.equal(good["model"][k], kept["model"][k]) for k in good["model"])
