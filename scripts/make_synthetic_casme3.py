@@ -1,0 +1,90 @@
+"""Write a synthetic CAS(ME)^3-like dataset in the real DVSCL layout (see synthetic.py).
+
+    python scripts/make_synthetic_casme3.py --out DIR --seed 0
+
+Then ``--data_folder DIR`` is all an entry script needs: the lists are under DIR/data.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import synthetic  # noqa: E402  (needs the repository root on sys.path)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; defaults make a small CPU demo dataset."""
+    parser = argparse.ArgumentParser(
+        description="Generate synthetic CAS(ME)^3-like RGB and depth difference images, per-subject "
+                    "LOSO lists and an unlabeled pre-training pool, in the real DVSCL layout.",
+        epilog=f"DIR must be new, empty, or an earlier output of this script (it holds "
+               f"{synthetic.MARKER_NAME}); in an earlier output only the generator's own entries "
+               f"({', '.join(synthetic.OWNED_ENTRIES)}) are deleted and rewritten, anything else "
+               f"there is left alone. CAS(ME)^3 scale: --subjects 95 --samples_per_subject 10 "
+               f"--pool_per_subject 100 --image_size 224.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path, help="output folder DIR")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    parser.add_argument("--subjects", type=int, default=10, help="labeled subjects (LOSO folds)")
+    parser.add_argument("--samples_per_subject", type=int, default=30,
+                        help="mean labeled samples per subject (counts per subject vary, at least 1)")
+    parser.add_argument("--pool_per_subject", type=int, default=50,
+                        help="unlabeled pre-training pairs per subject")
+    parser.add_argument("--pool_only_subjects", type=int, default=2,
+                        help="extra subjects with pool pairs only (like CAS(ME)^3 part B)")
+    parser.add_argument("--image_size", type=int, default=72, help="square image side in pixels")
+    parser.add_argument("--classes", type=int, choices=(3, 4), default=4,
+                        help="4: negative, others, positive, surprise; 3: others dropped")
+    parser.add_argument("--low_intensity_share", type=float, default=0.4,
+                        help="share of pool pairs without facial movement (noise and head motion only)")
+    parser.add_argument("--apex_equals_onset_share", type=float, default=0.05,
+                        help="share of labeled samples with apex == onset (all-zero difference)")
+    parser.add_argument("--label_noise", type=float, default=0.1,
+                        help="share of labeled samples whose movement belongs to another class")
+    parser.add_argument("--depth_bits", type=int, choices=(8, 16), default=8,
+                        help="depth difference PNG bit depth (8: 128 + 16/mm, 16: 32768 + 64/mm)")
+    return parser.parse_args(argv)
+
+
+def format_summary(summary: dict, out: Path) -> str:
+    """Human-readable lines for a generate_dataset summary."""
+    args, labeled, pool = summary["arguments"], summary["labeled"], summary["pool"]
+    per_class = ", ".join(f"{name} {count}" for name, count in labeled["per_class"].items())
+    per_subject = ", ".join(f"{name} {count}" for name, count in labeled["per_subject"].items())
+    return "\n".join([
+        f"wrote {out} in {summary['seconds']:.1f} s (seed {args['seed']}, {args['image_size']} px, "
+        f"{args['n_classes']} classes, {args['depth_bits']}-bit depth)",
+        f"labeled: {labeled['total']} samples, {len(summary['subjects'])} subjects; {per_class}; "
+        f"apex == onset {labeled['apex_equals_onset']}, label noise {labeled['label_noise']}",
+        f"per subject: {per_subject}",
+        f"pool: {pool['pairs']} pairs ({pool['with_motion']} with movement, {pool['noise_only']} noise only; "
+        f"pool-only subjects: {', '.join(summary['pool_only_subjects']) or 'none'})",
+        f"intensity threshold {pool['intensity_threshold']} keeps {pool['kept']} and drops {pool['dropped']} "
+        f"({pool['motion_kept']}/{pool['with_motion']} moving pairs kept, "
+        f"{pool['noise_dropped']}/{pool['noise_only']} noise-only pairs dropped)",
+        f"largest AU displacement: {summary['max_au_displacement_px']} px",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Generate the dataset; on a bad argument or folder print one error line and return 2."""
+    args = parse_args(argv)
+    try:
+        summary = synthetic.generate_dataset(
+            args.out, seed=args.seed, n_subjects=args.subjects, samples_per_subject=args.samples_per_subject,
+            pool_per_subject=args.pool_per_subject, pool_only_subjects=args.pool_only_subjects,
+            image_size=args.image_size, n_classes=args.classes, low_intensity_share=args.low_intensity_share,
+            apex_equals_onset_share=args.apex_equals_onset_share, label_noise=args.label_noise,
+            depth_bits=args.depth_bits)
+    except synthetic.SyntheticError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(summary, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
