@@ -2,11 +2,17 @@
 
 The logic behind `pre-train_CVSCL.py`, in CMC's shape: `parse_option`, `set_model`,
 `set_optimizer`, `train` (one epoch), `main`.
+
+The same code runs in one process (`python pre-train_CVSCL.py`) and in many (`torchrun`): each
+rank trains on its own chunk of every global batch of `--batch_size` x world size pairs, DDP
+averages the gradients, and the memory banks stay identical on every rank (see `NCE.ContrastMemory`).
+Only rank 0 prints, writes TensorBoard, the JSON-lines log and checkpoints.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -17,12 +23,14 @@ from tqdm import tqdm
 
 import augment
 import dataset
+import distributed
 import util
 from models import MODEL_NAMES, build_model
 from NCE import ContrastMemory, NCECriterion, NCESoftmaxLoss
 
 CHECKPOINT_FORMAT = "dvscl-pretrain-1"
 AMP_DTYPES = {"O1": torch.float16, "O2": torch.bfloat16}
+STAT_NAMES = ("loss", "rgb_loss", "depth_loss", "rgb_prob", "depth_prob")
 
 
 def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,13 +39,18 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--print_freq", type=int, default=10, help="steps between progress-bar updates of the loss")
     parser.add_argument("--save_freq", type=int, default=10, help="epochs between numbered checkpoints")
-    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=128,
+                        help="pairs per process and step; the global batch is this times the number of processes")
     parser.add_argument("--epochs", type=int, default=240)
     parser.add_argument("--learning_rate", type=float, default=0.003)
     parser.add_argument("--lr_decay_epochs", type=str, default="160,200", help="epochs after which the lr decays")
     parser.add_argument("--lr_decay_rate", type=float, default=0.1)
     parser.add_argument("--weight_decay", type=float, default=1e-4)
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    parser.add_argument("--scale_lr", action="store_true",
+                        help="multiply --learning_rate by the number of processes (linear scaling rule)")
+    parser.add_argument("--sync_bn", action="store_true",
+                        help="under torchrun on GPUs, batch-norm statistics over the global batch (SyncBatchNorm)")
     parser.add_argument("--resume", type=str, default="", metavar="PATH", help="checkpoint to continue from")
     parser.add_argument("--model", type=str, default="alexnet", choices=MODEL_NAMES)
     parser.add_argument("--softmax", action="store_true", help="softmax-NCE (InfoNCE) instead of NCE")
@@ -81,9 +94,26 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def process_seed(seed: int, rank: int, epoch: int = 0) -> int:
+    """Seed of one process's random streams (augmentation, dropout, negative draws).
+
+    `seed + rank` at the start, so rank 0 draws what a single process draws and the other ranks
+    draw differently but reproducibly. A resume that cannot restore the saved states (another
+    world size) reseeds from the first epoch it trains, so its streams differ from the first run's.
+    """
+    return seed + rank + 1_000_003 * epoch
+
+
 def set_model(args: argparse.Namespace, n_data: int, device: torch.device):
-    """Encoders, the two-bank memory and the loss, on `device`."""
-    model = build_model(args.model, feat_dim=args.feat_dim).to(device)
+    """Encoders, the two-bank memory and the loss, on `device`.
+
+    With `--sync_bn` under a process group, the encoders' batch norms become SyncBatchNorm (same
+    parameter and buffer names, so checkpoints load into plain batch norm).
+    """
+    model = build_model(args.model, feat_dim=args.feat_dim)
+    if args.sync_bn and distributed.is_distributed():
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
@@ -103,18 +133,27 @@ def train(epoch: int, store: dataset.ImageStore, transform: augment.PairAugment,
           criterion, optimizer, scaler, args: argparse.Namespace, device: torch.device) -> dict:
     """One epoch over the pool.
 
-    Returns the epoch means of both views' losses and positive probabilities (the model's
-    probability that the positive is the data sample: P0 / (P0 + K/n) for NCE, softmax column 0
-    for softmax-NCE), plus images/s.
+    Every rank draws the same seeded permutation of the pool, cuts it into global batches of
+    `batch_size` x world size (the incomplete last one dropped) and trains on its contiguous chunk
+    of each, so all ranks take the same number of steps and together see exactly the global batch
+    a single process with the global batch size would see. `model` may be DDP-wrapped.
+
+    Returns the epoch means, over all ranks, of both views' losses and positive probabilities (the
+    model's probability that the positive is the data sample: P0 / (P0 + K/n) for NCE, softmax
+    column 0 for softmax-NCE), plus images/s over all ranks. The step values are averaged over the
+    ranks before use, so the progress bar shows global means and a non-finite loss on any rank
+    stops every rank at the same step.
     """
     model.train()
-    meters = {k: util.AverageMeter() for k in ("loss", "rgb_loss", "depth_loss", "rgb_prob", "depth_prob")}
+    meters = {k: util.AverageMeter() for k in STAT_NAMES}
     order = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
-    batches = list(dataset.iterate_batches(len(store), args.batch_size, shuffle=True, drop_last=True,
-                                           generator=order))
+    world = distributed.world_size()
+    batches = [distributed.rank_chunk(batch) for batch in dataset.iterate_batches(
+        len(store), args.batch_size * world, shuffle=True, drop_last=True, generator=order)]
     autocast = (torch.autocast(device.type, dtype=AMP_DTYPES[args.opt_level]) if args.amp else nullcontext())
     start = time.time()
-    bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False)
+    bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False,
+               disable=not distributed.is_main_process())
     for step, index in enumerate(bar, start=1):
         x = transform(*store.batch(index, device))
         if device.type == "cuda":
@@ -125,37 +164,47 @@ def train(epoch: int, store: dataset.ImageStore, transform: augment.PairAugment,
         out_rgb, out_depth = contrast(feat_rgb.float(), feat_depth.float(), index)
         rgb_loss, depth_loss = criterion(out_rgb), criterion(out_depth)
         loss = rgb_loss + depth_loss
-        if not torch.isfinite(loss):
-            raise util.UserError(f"non-finite loss ({loss.item()}) at epoch {epoch} step {step}; "
+        step_stats = torch.stack((loss, rgb_loss, depth_loss, criterion.positive_probability(out_rgb).mean(),
+                                  criterion.positive_probability(out_depth).mean()))
+        values = dict(zip(STAT_NAMES, distributed.all_reduce_mean(step_stats).tolist()))
+        if not math.isfinite(values["loss"]):
+            raise util.UserError(f"non-finite loss ({values['loss']}) at epoch {epoch} step {step}; "
                                  f"the last good checkpoint in {args.model_folder} is intact")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        bsz = index.numel()
-        for name, value in (("loss", loss), ("rgb_loss", rgb_loss), ("depth_loss", depth_loss),
-                            ("rgb_prob", criterion.positive_probability(out_rgb).mean()),
-                            ("depth_prob", criterion.positive_probability(out_depth).mean())):
-            meters[name].update(value.item(), bsz)
+        for name, value in values.items():
+            meters[name].update(value, index.numel())
         if step % args.print_freq == 0 or step == len(batches):
             bar.set_postfix(loss=f"{meters['loss'].avg:.3f}", rgb_p=f"{meters['rgb_prob'].avg:.3f}",
                             depth_p=f"{meters['depth_prob'].avg:.3f}")
     bar.close()
     stats = {k: m.avg for k, m in meters.items()}
-    stats["images_per_s"] = len(batches) * args.batch_size / max(time.time() - start, 1e-9)
+    stats["images_per_s"] = len(batches) * args.batch_size * world / max(time.time() - start, 1e-9)
     return stats
 
 
-def checkpoint_state(model, contrast, optimizer, scaler, epoch: int, args: argparse.Namespace) -> dict:
-    """Everything needed to continue, as state dicts and plain data (loads with weights_only)."""
+def checkpoint_state(model, contrast, optimizer, scaler, epoch: int, args: argparse.Namespace,
+                     rng: list[dict]) -> dict:
+    """Everything needed to continue, as state dicts and plain data (loads with weights_only).
+
+    `model` is the bare module (not the DDP wrapper), so its keys carry no `module.` prefix; `rng`
+    holds every rank's `util.rng_state()`, in rank order.
+    """
     plain_args = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}
     return {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "contrast": contrast.state_dict(),
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-            "args": json.loads(json.dumps(plain_args)), "rng": util.rng_state()}
+            "args": json.loads(json.dumps(plain_args)), "rng": rng}
 
 
 def resume(path: str, model, contrast, optimizer, scaler, args: argparse.Namespace) -> int:
-    """Restore a run from `path`; returns the first epoch still to train. Flags win over stored args."""
+    """Restore a run from `path`; returns the first epoch still to train. Flags win over stored args.
+
+    Every rank reads `path`. With the world size the checkpoint was written with, each rank gets
+    its own random state back and training continues exactly; with another world size, each rank
+    is reseeded from `--seed`, the epoch and its rank (see `process_seed`).
+    """
     ckpt = util.load_checkpoint(path)
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise util.UserError(f"{path}: not a DVSCL pre-training checkpoint (no format '{CHECKPOINT_FORMAT}')")
@@ -176,16 +225,87 @@ def resume(path: str, model, contrast, optimizer, scaler, args: argparse.Namespa
     contrast.load_state_dict(ckpt["contrast"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scaler.load_state_dict(ckpt["scaler"])
-    util.set_rng_state(ckpt["rng"])
+    saved_rng, world = ckpt["rng"], distributed.world_size()
+    if isinstance(saved_rng, dict):  # written before checkpoints held one state per rank
+        saved_rng = [saved_rng]
+    if len(saved_rng) == world:
+        util.set_rng_state(saved_rng[distributed.rank()])
+    else:
+        util.set_seed(process_seed(args.seed, distributed.rank(), ckpt["epoch"] + 1))
+        print(f"resume: the checkpoint holds the random states of {len(saved_rng)} processes, this run has "
+              f"{world}: every process reseeded from --seed, the epoch and its rank (the run continues, "
+              "but not bit for bit as it would have without the change)")
     print(f"resumed from {path} (epoch {ckpt['epoch']})")
     return ckpt["epoch"] + 1
 
 
+def load_store(pool: list[dataset.Sample], args: argparse.Namespace) -> dataset.ImageStore:
+    """The decoded pool, whole on every rank (each rank's chunks come from all of it).
+
+    With `--cache_dir` the ranks take turns so that no two write the same memory-mapped cache:
+    rank 0 first, then the first rank of each other node (in case the folder is node-local), then
+    the rest, which open the finished cache.
+    """
+    def build() -> dataset.ImageStore:
+        return dataset.ImageStore(pool, args.load_size, args.cache_dir, args.num_workers,
+                                  progress=distributed.is_main_process())
+
+    if args.cache_dir is None:
+        return build()
+    turn = 0 if distributed.rank() == 0 else 1 if distributed.local_rank() == 0 else 2
+    for wave in range(3):
+        if wave == turn:
+            store = build()
+        distributed.barrier()
+    return store
+
+
+class Recorder:
+    """Rank 0's outputs: TensorBoard scalars, `log.jsonl`, numbered checkpoints and `last.pth`."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.folder = Path(args.model_folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.save_freq, self.epochs = args.save_freq, args.epochs
+        self.writer = SummaryWriter(args.tb_folder)
+        self.log = (self.folder / "log.jsonl").open("a")
+
+    def epoch(self, epoch: int, stats: dict, state: dict) -> None:
+        """Log one epoch's `stats` and save its checkpoint `state`."""
+        for name, value in stats.items():
+            self.writer.add_scalar(name, value, epoch)
+        self.writer.flush()
+        self.log.write(json.dumps({"epoch": epoch, **stats}) + "\n")
+        self.log.flush()
+        print(f"epoch {epoch}: loss {stats['loss']:.4f} (rgb {stats['rgb_loss']:.4f}, depth "
+              f"{stats['depth_loss']:.4f}), positive rgb {stats['rgb_prob']:.4f} depth "
+              f"{stats['depth_prob']:.4f}, {stats['images_per_s']:.1f} images/s")
+        if epoch % self.save_freq == 0 or epoch == self.epochs:
+            util.atomic_save(state, self.folder / f"ckpt_epoch_{epoch}.pth")
+        util.atomic_save(state, self.folder / "last.pth")
+
+    def close(self) -> None:
+        self.writer.close()
+        self.log.close()
+
+
 def main(argv: list[str] | None = None) -> Path:
-    """Run pre-training; returns the run folder holding the checkpoints."""
+    """Run pre-training (in every process under torchrun); returns the run folder with the checkpoints."""
     args = parse_option(argv)
-    device = util.pick_device(args.device)
-    util.set_seed(args.seed)
+    device = distributed.init_distributed_mode(args)
+    try:
+        with distributed.stdout_on_main_process():
+            return run(args, device)
+    finally:
+        distributed.destroy()
+
+
+def run(args: argparse.Namespace, device: torch.device) -> Path:
+    """Pre-train in this process, on `device`, as one rank of the process group (if any)."""
+    world = distributed.world_size()
+    if args.sync_bn and distributed.is_distributed() and device.type != "cuda":
+        raise util.UserError("--sync_bn needs GPUs: SyncBatchNorm has no CPU implementation")
+    util.set_seed(process_seed(args.seed, distributed.rank()))
     print(f"git revision {util.git_revision()}")
     print("arguments: " + ", ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
 
@@ -193,10 +313,11 @@ def main(argv: list[str] | None = None) -> Path:
     exclude = [s for s in args.exclude_subjects.split(",") if s]
     pool = dataset.load_pool(list_folder, Path(args.data_folder), args.prefixes, args.strict_pairs,
                              args.intensity_threshold, args.intensity_csv, exclude)
-    if len(pool) < args.batch_size:
-        raise util.UserError(f"{list_folder}: the pool has {len(pool)} pairs, fewer than --batch_size "
-                             f"{args.batch_size}")
-    store = dataset.ImageStore(pool, args.load_size, args.cache_dir, args.num_workers)
+    global_batch = args.batch_size * world
+    if len(pool) < global_batch:
+        raise util.UserError(f"{list_folder}: the pool has {len(pool)} pairs, fewer than the global batch "
+                             f"of {global_batch} (--batch_size {args.batch_size} x {world} processes)")
+    store = load_store(pool, args)
     transform = augment.from_args(args, train=True)
 
     model, contrast, criterion = set_model(args, len(pool), device)
@@ -204,31 +325,26 @@ def main(argv: list[str] | None = None) -> Path:
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and args.opt_level == "O1"
                                   and device.type == "cuda")
     start_epoch = resume(args.resume, model, contrast, optimizer, scaler, args) if args.resume else 1
+    net = distributed.wrap_model(model, device)
+    base_lr = args.learning_rate * (world if args.scale_lr else 1)
 
-    model_folder = Path(args.model_folder)
-    model_folder.mkdir(parents=True, exist_ok=True)
-    writer = SummaryWriter(args.tb_folder)
-    print(f"{len(pool)} pairs, {args.model} on {device}; checkpoints in {model_folder}")
-    with (model_folder / "log.jsonl").open("a") as log:
+    recorder = Recorder(args) if distributed.is_main_process() else None
+    processes = f" in each of {world} processes" if world > 1 else ""
+    print(f"{len(pool)} pairs, {args.model} on {device}{processes}, global batch {global_batch}, "
+          f"base learning rate {base_lr:g}; checkpoints in {args.model_folder}")
+    try:
         for epoch in range(start_epoch, args.epochs + 1):
-            lr = util.step_lr(epoch, args.learning_rate, args.lr_decay_epochs, args.lr_decay_rate)
+            lr = util.step_lr(epoch, base_lr, args.lr_decay_epochs, args.lr_decay_rate)
             util.set_lr(optimizer, lr)
-            stats = train(epoch, store, transform, model, contrast, criterion, optimizer, scaler, args, device)
+            stats = train(epoch, store, transform, net, contrast, criterion, optimizer, scaler, args, device)
             stats["learning_rate"] = lr
-            for name, value in stats.items():
-                writer.add_scalar(name, value, epoch)
-            writer.flush()
-            log.write(json.dumps({"epoch": epoch, **stats}) + "\n")
-            log.flush()
-            print(f"epoch {epoch}: loss {stats['loss']:.4f} (rgb {stats['rgb_loss']:.4f}, depth "
-                  f"{stats['depth_loss']:.4f}), positive rgb {stats['rgb_prob']:.4f} depth "
-                  f"{stats['depth_prob']:.4f}, {stats['images_per_s']:.1f} images/s")
-            state = checkpoint_state(model, contrast, optimizer, scaler, epoch, args)
-            if epoch % args.save_freq == 0 or epoch == args.epochs:
-                util.atomic_save(state, model_folder / f"ckpt_epoch_{epoch}.pth")
-            util.atomic_save(state, model_folder / "last.pth")
-    writer.close()
+            rng = distributed.all_gather_object(util.rng_state())
+            if recorder:
+                recorder.epoch(epoch, stats, checkpoint_state(model, contrast, optimizer, scaler, epoch, args, rng))
+    finally:
+        if recorder:
+            recorder.close()
     if start_epoch > args.epochs:
         print(f"nothing to do: the checkpoint already reached epoch {args.epochs}")
-    print(f"checkpoints: {model_folder}")
-    return model_folder
+    print(f"checkpoints: {args.model_folder}")
+    return Path(args.model_folder)

@@ -3,16 +3,12 @@ from __future__ import annotations
 
 import io
 import math
-from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor
 
-import distributed
 from NCE import ContrastMemory, NCECriterion, NCESoftmaxLoss
 
 FEAT_DIM = 8
@@ -264,52 +260,3 @@ def test_positive_probability() -> None:
     torch.testing.assert_close(NCESoftmaxLoss().positive_probability(logits), torch.softmax(logits, 1)[:, 0])
     probs = torch.tensor([[0.3, 0.1, 0.2]])
     torch.testing.assert_close(NCECriterion(10).positive_probability(probs), torch.tensor([0.3 / (0.3 + 0.2)]))
-
-
-def test_distributed_helpers_are_identity_in_one_process() -> None:
-    t = torch.randn(3, 2, requires_grad=True)
-    assert not distributed.is_distributed()
-    assert (distributed.rank(), distributed.world_size(), distributed.is_main_process()) == (0, 1, True)
-    gathered = distributed.all_gather_cat(t)
-    assert torch.equal(gathered, t) and not gathered.requires_grad
-    assert torch.equal(distributed.all_reduce_mean(t), t)
-    before = t.detach().clone()
-    assert distributed.broadcast_(t.detach()) is not None and torch.equal(t, before)
-
-
-STEPS, LOCAL_BATCH, N_DATA = 3, 4, 24
-
-
-def _step_inputs(step: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The global batch of ``step``: (2, 2*LOCAL_BATCH, D) features, (2*LOCAL_BATCH,) indices."""
-    generator = torch.Generator().manual_seed(100 + step)
-    feats = F.normalize(torch.randn(2, 2 * LOCAL_BATCH, FEAT_DIM, generator=generator), dim=2)
-    return feats, torch.randperm(N_DATA, generator=generator)[: 2 * LOCAL_BATCH]
-
-
-def _worker(rank: int, rendezvous: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2)
-    torch.manual_seed(rank)
-    memory = ContrastMemory(FEAT_DIM, N_DATA, 8, 0.07, 0.5)
-    rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
-    for step in range(STEPS):
-        feats, index = _step_inputs(step)
-        memory(feats[0, rows], feats[1, rows], index[rows])
-    gathered = distributed.all_gather_cat(torch.full((rank + 1,), float(rank)))
-    torch.save({**memory.state_dict(), "gathered": gathered}, Path(out_dir) / f"rank{rank}.pt")
-    dist.destroy_process_group()
-
-
-def test_two_process_banks_identical_and_equal_one_process(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    torch.manual_seed(0)
-    single = ContrastMemory(FEAT_DIM, N_DATA, 8, 0.07, 0.5)
-    for step in range(STEPS):
-        feats, index = _step_inputs(step)
-        single(feats[0], feats[1], index)
-    for name in ("memory_rgb", "memory_depth", "z", "z_t"):
-        assert torch.equal(ranks[0][name], ranks[1][name])
-    for name in ("memory_rgb", "memory_depth"):
-        torch.testing.assert_close(ranks[0][name], getattr(single, name), rtol=0, atol=1e-6)
-    assert ranks[0]["gathered"].tolist() == [0.0, 1.0, 1.0]
