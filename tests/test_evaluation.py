@@ -1,0 +1,438 @@
+"""Evaluation: metrics, leak-free LOSO and k-fold units, fresh models per unit, checkpoints (ours and
+the published layout), frozen encoders, resuming, multi-process aggregation, and clean failures."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dataset
+import evaluation
+import finetune
+import linear_probe
+from models import MODEL_NAMES, build_model
+from util import REPO_ROOT, UserError, run_cli
+
+FAST = ["--image_size", "64", "--num_workers", "0", "--batch_size", "16", "--no_progress"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine run fastest on one intra-op thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def loso_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data_folder", str(data), "--model_path", "none", "--save_path", str(out), "--epochs", "1",
+            *FAST, *extra]
+
+
+def probe_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data_folder", str(data), "--model_path", "none", "--save_path", str(out), "--epochs", "3",
+            "--folds", "3", *FAST, *extra]
+
+
+def run_folder(out: Path) -> Path:
+    (folder,) = [p for p in out.iterdir() if (p / "run.json").is_file()]
+    return folder
+
+
+def unit_records(folder: Path) -> dict[str, dict]:
+    """Unit records by 'seed/unit', without their timing."""
+    records = {}
+    for path in sorted((folder / "units").glob("seed*/*.json")):
+        record = json.loads(path.read_text())
+        record.pop("seconds")
+        records[f"{path.parent.name}/{path.stem}"] = record
+    return records
+
+
+def metrics_of(results: dict) -> dict:
+    keys = ("acc", "uf1", "uar", "n_samples", "per_subject", "folds", "confusion", "seeds", "complete")
+    return {k: results[k] for k in keys if k in results}
+
+
+def save_checkpoint(path: Path, model: str, published: bool) -> dict[str, torch.Tensor]:
+    """A checkpoint of a freshly initialised encoder, in our format or the published one
+    (`encoder.module.` keys, a pickled Namespace under `opt`). Returns the clean state dict."""
+    torch.manual_seed(1)
+    state = build_model(model, feat_dim=16).state_dict()
+    if published:
+        ckpt = {"model": {f"encoder.module.{k}": v for k, v in state.items()}, "epoch": 3,
+                "opt": argparse.Namespace(model=model, feat_dim=16, nce_k=16, softmax=True),
+                "contrast": {"params": torch.tensor([16.0, 0.07, -1.0, 0.5])}}
+    else:
+        ckpt = {"format": "dvscl-pretrain-1", "model": state, "epoch": 3,
+                "args": {"model": model, "feat_dim": 16, "image_size": 64}}
+    torch.save(ckpt, path)
+    return state
+
+
+def cli_error(main, argv: list[str], capsys) -> str:
+    """Run an entry point as the scripts do; assert exit code 2 and one stderr line; return it."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(argv))
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+def test_metrics_hand_computed() -> None:
+    m = evaluation.compute_metrics([0, 0, 1, 1], [0, 1, 1, 1], n_classes=2)
+    assert m["acc"] == pytest.approx(0.75)
+    assert m["uf1"] == pytest.approx((2 / 3 + 0.8) / 2)  # F1: class 0 = 2/3, class 1 = 0.8
+    assert m["uar"] == pytest.approx((0.5 + 1.0) / 2)
+    assert m["confusion"] == [[1, 1], [0, 2]]
+
+
+def test_metrics_absent_classes() -> None:
+    # Classes 2 and 3 never occur in the truth: they do not enter UF1/UAR, but a prediction of
+    # class 2 still costs class 0 its recall.
+    m = evaluation.compute_metrics([0, 0, 1, 1, 1], [0, 2, 1, 1, 0], n_classes=4)
+    assert m["classes_present"] == [0, 1]
+    assert m["acc"] == pytest.approx(3 / 5)
+    assert m["uf1"] == pytest.approx((0.5 + 0.8) / 2)  # class 0: P 1/2, R 1/2; class 1: P 1, R 2/3
+    assert m["uar"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert m["confusion"] == [[1, 0, 1, 0], [1, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    # A class present but never predicted counts with F1 = recall = 0.
+    m = evaluation.compute_metrics([0, 1, 2], [0, 0, 0], n_classes=3)
+    assert m["uf1"] == pytest.approx((0.5 + 0 + 0) / 3)
+    assert m["uar"] == pytest.approx(1 / 3)
+
+
+def test_losses() -> None:
+    logits, target = torch.randn(6, 3), torch.tensor([0, 0, 0, 0, 1, 2])
+    ce = torch.nn.functional.cross_entropy(logits, target)
+    assert evaluation.FocalLoss(gamma=0.0)(logits, target) == pytest.approx(ce.item(), rel=1e-5)
+    assert evaluation.FocalLoss(gamma=2.0)(logits, target) < ce
+    balanced = evaluation.make_criterion("balanced", target, n_classes=4)
+    assert balanced.weight.tolist() == pytest.approx([6 / (3 * 4), 6 / 3, 6 / 3, 0.0])
+
+
+def test_schedule_is_per_epoch() -> None:
+    args = argparse.Namespace(lr_schedule="step", lr_decay_epochs=[2, 4], lr_decay_rate=0.1, epochs=6)
+    assert [evaluation.lr_factor(e, args) for e in range(6)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    args.lr_schedule = "cosine"
+    assert evaluation.lr_factor(0, args) == 1.0 and evaluation.lr_factor(3, args) == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Features and heads
+
+
+def _expected_width(name: str, layer: int, feat_dim: int) -> int:
+    """Concatenated pooled width at 64 px: AlexNet maps are 7x7 (conv1), 3x3 (conv2-4), 1x1 (conv5)
+    and keep min(CMC cells, map) cells per side; ResNet maps are averaged to one cell."""
+    if name == "alexnet":
+        per_view = {1: 48 * 7 * 7, 2: 128 * 3 * 3, 3: 192 * 3 * 3, 4: 192 * 3 * 3, 5: 128, 6: 2048, 7: 2048,
+                    8: feat_dim}[layer]
+    else:
+        base = int(64 * {"v1": 0.5, "v2": 1.0, "v3": 2.0}[name[-2:]])
+        expansion = 1 if name.startswith("resnet18") else 4
+        per_view = {1: 64, 6: base * 8 * expansion, 7: feat_dim}.get(layer, base * 2 ** (layer - 2) * expansion)
+    return 2 * per_view
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_head_width_every_model_and_layer(name: str) -> None:
+    """The width measured by a dummy forward (on the meta device: no arithmetic) for every layer."""
+    with torch.device("meta"):
+        encoder = build_model(name, feat_dim=32)
+    widths = [evaluation.FeatureExtractor(encoder, layer).out_dim(64)
+              for layer in range(1, encoder.embedding_layer + 1)]
+    assert widths == [_expected_width(name, layer, 32) for layer in range(1, encoder.embedding_layer + 1)]
+    if name == "alexnet":  # CMC's linear-evaluation widths at 224 px: conv1 9600, conv5 9216
+        assert evaluation.FeatureExtractor(encoder, 1).out_dim(224) == 9600
+        assert evaluation.FeatureExtractor(encoder, 5).out_dim(224) == 9216
+
+
+def test_frozen_classifier_trains_head_only() -> None:
+    torch.manual_seed(0)
+    encoder = build_model("alexnet", feat_dim=16)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    extractor = evaluation.FeatureExtractor(encoder, 5)
+    model = evaluation.Classifier(torch.nn.Linear(extractor.out_dim(64), 3), extractor, frozen=True)
+    args = argparse.Namespace(learning_rate=0.1, encoder_lr_mult=1.0, optimizer="sgd", momentum=0.9,
+                              weight_decay=1e-4)
+    optimizer = evaluation.make_optimizer(model, args)
+    assert len(optimizer.param_groups) == 1
+    head_before = model.head.weight.clone()
+    model.train()
+    assert not encoder.training
+    for _ in range(2):
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 4, 64, 64)), torch.tensor([0, 1, 2, 0]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert not torch.equal(model.head.weight, head_before)
+    evaluation.assert_unchanged(encoder, before, "test")  # BN running statistics included
+    with torch.no_grad():
+        encoder.rgb_to_d.conv_block_1[0].weight.add_(1.0)
+    with pytest.raises(RuntimeError, match="frozen encoder changed"):
+        evaluation.assert_unchanged(encoder, before, "test")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+@pytest.mark.parametrize("model", ["alexnet", "resnet18v1"])
+@pytest.mark.parametrize("published", [False, True], ids=["ours", "published"])
+def test_checkpoint_loads(tmp_path: Path, model: str, published: bool) -> None:
+    path = tmp_path / "ckpt.pth"
+    state = save_checkpoint(path, model, published)
+    spec = evaluation.load_encoder_spec(str(path))
+    assert (spec.name, spec.feat_dim) == (model, 16)
+    assert spec.image_size == (None if published else 64)
+    loaded = spec.build(seed=123).state_dict()
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_input_settings_follow_checkpoint(synthetic_data: Path, tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pth"
+    save_checkpoint(path, "alexnet", published=False)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["args"].update(image_size=80, rgb_mean=[0.5, 0.5, 0.5], depth_std=0.25)
+    torch.save(ckpt, path)
+    argv = ["--data_folder", str(synthetic_data), "--model_path", str(path)]
+    args, _ = finetune.parse_option(argv)
+    assert (args.image_size, args.rgb_mean, args.depth_std) == (80, [0.5, 0.5, 0.5], 0.25)
+    assert args.rgb_std == [0.4474, 0.4505, 0.4502] and args.model == "alexnet" and args.feat_dim == 16
+    args, _ = finetune.parse_option(argv + ["--image_size", "64", "--depth_std", "0.3"])
+    assert (args.image_size, args.depth_std) == (64, 0.3)
+
+
+def test_published_checkpoint_runs_probe(synthetic_data: Path, tmp_path: Path) -> None:
+    path = tmp_path / "ckpt_epoch_3.pth"
+    save_checkpoint(path, "alexnet", published=True)
+    argv = probe_args(synthetic_data, tmp_path / "out")
+    argv[argv.index("--model_path") + 1] = str(path)
+    results = linear_probe.main(argv)
+    assert results["complete"] and results["args"]["model"] == "alexnet"
+
+
+def test_checkpoint_errors(tmp_path: Path) -> None:
+    path = tmp_path / "resnet.pth"
+    save_checkpoint(path, "resnet18v1", published=False)
+    with pytest.raises(UserError, match=r"resnet\.pth: checkpoint holds a resnet18v1 encoder, but --model is "
+                                        r"alexnet"):
+        evaluation.load_encoder_spec(str(path), model="alexnet")
+    # No recorded architecture: the keys decide, naming the file.
+    ckpt = torch.load(path, weights_only=True)
+    torch.save({"model": ckpt["model"]}, path)
+    with pytest.raises(UserError, match=r"resnet\.pth: encoder keys do not match alexnet"):
+        evaluation.load_encoder_spec(str(path), model="alexnet")
+    # A missing encoder weight is fatal.
+    state = save_checkpoint(path, "alexnet", published=True)
+    ckpt = torch.load(path, weights_only=False)
+    del ckpt["model"]["encoder.module.d_to_rgb.fc7.0.weight"]
+    torch.save(ckpt, path)
+    with pytest.raises(UserError, match=r"1 missing \(e\.g\. d_to_rgb\.fc7\.0\.weight\)"):
+        evaluation.load_encoder_spec(str(path))
+    assert state
+
+
+# ---------------------------------------------------------------------------------------------
+# Units
+
+
+def test_loso_units_leak_free(synthetic_data: Path, tmp_path: Path) -> None:
+    args, _ = finetune.parse_option(loso_args(synthetic_data, tmp_path))
+    protocol = finetune.loso_protocol(args)
+    subjects = dataset.subject_names(synthetic_data / "data")
+    assert [u.name for u in protocol.units] == subjects
+    tested = np.concatenate([u.test for u in protocol.units])
+    assert sorted(tested.tolist()) == list(range(len(protocol.samples)))  # every sample tested once
+    for unit in protocol.units:
+        assert {protocol.samples[i].subject for i in unit.test} == {unit.name}
+        assert unit.name not in {protocol.samples[i].subject for i in unit.train}
+        assert len(unit.train) + len(unit.test) == len(protocol.samples)
+
+
+def test_folds_subject_disjoint_and_stratified() -> None:
+    # 12 subjects with the same label mix: subject-grouped folds can be exactly stratified.
+    groups = np.repeat([f"spNO{i}" for i in range(12)], 4)
+    labels = np.tile([0, 0, 1, 2], 12)
+    folds = linear_probe.make_folds(labels, groups, folds=4, split="subject", seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(48))
+    fold_groups = [set(groups[f]) for f in folds]
+    assert all(not (a & b) for i, a in enumerate(fold_groups) for b in fold_groups[i + 1:])
+    for fold in folds:
+        assert np.bincount(labels[fold], minlength=3).tolist() == [6, 3, 3]
+    again = linear_probe.make_folds(labels, groups, 4, "subject", 0)
+    assert [f.tolist() for f in folds] == [f.tolist() for f in again]  # fixed seed, same folds
+    sample_folds = linear_probe.make_folds(labels, groups, folds=4, split="sample", seed=0)
+    assert sorted(np.concatenate(sample_folds).tolist()) == list(range(48))
+    assert any(set(groups[a]) & set(groups[b]) for a in sample_folds for b in sample_folds if a is not b)
+    with pytest.raises(UserError, match="only 12 subjects"):
+        linear_probe.make_folds(labels, groups, folds=13, split="subject", seed=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+
+def test_probe_end_to_end(synthetic_data: Path, tmp_path: Path) -> None:
+    results = linear_probe.main(probe_args(synthetic_data, tmp_path, "--seeds", "2"))
+    folder = run_folder(tmp_path)
+    assert results["complete"] and set(results["seeds"]) == {"0", "1"}
+    assert {"acc", "uf1", "uar", "acc_std", "uf1_std", "uar_std"} <= results.keys()
+    assert results["class_names"] == ["negative", "others", "positive", "surprise"]
+    subjects = [set(f["subjects"]) for f in results["folds"].values()]
+    assert all(not (a & b) for i, a in enumerate(subjects) for b in subjects[i + 1:])
+    assert len(list((folder / "models").glob("seed*_fold*.pth"))) == 6
+    head = torch.load(folder / "models" / "seed0_fold01.pth", weights_only=True)
+    assert head["model"]["1.weight"].shape[0] == 4  # BatchNorm (no affine), then the linear layer
+    with (folder / "predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    n_labeled = len(dataset.load_labeled(synthetic_data / "data", synthetic_data,
+                                         dataset.subject_names(synthetic_data / "data")))
+    assert len(rows) == 2 * n_labeled
+    assert sum(f["n"] for f in results["folds"].values()) == results["n_samples"] == n_labeled
+    assert all(len({r["sample"] for r in rows if r["seed"] == s}) == n_labeled for s in ("0", "1"))
+    assert (folder / "confusion.png").stat().st_size > 0 and (folder / "log.txt").is_file()
+    assert list((folder / "tb").glob("events.out.tfevents.*"))
+
+
+def test_fresh_head_and_optimizer_per_unit(synthetic_data: Path, tmp_path: Path) -> None:
+    """A unit's result must not depend on the units trained before it in the process: a head,
+    optimizer, scheduler or encoder carried over from an earlier fold would change it."""
+    args, spec = linear_probe.parse_option(probe_args(synthetic_data, tmp_path, "--augment"))
+    protocol = linear_probe.kfold_protocol(args)
+    for order, units in (("all", protocol.units), ("last", protocol.units[-1:])):
+        args.save_path = str(tmp_path / order)
+        evaluation.run_protocol(args, spec, evaluation.Protocol(**{**vars(protocol), "units": units}))
+    last = protocol.units[-1].name
+    alone = unit_records(run_folder(tmp_path / "last"))
+    after_others = unit_records(run_folder(tmp_path / "all"))
+    assert alone[f"seed0/{last}"] == after_others[f"seed0/{last}"]
+
+
+def test_loso_finetune_split_and_resume(synthetic_data: Path, tmp_path: Path, monkeypatch) -> None:
+    subjects = dataset.subject_names(synthetic_data / "data")
+    single = finetune.main(loso_args(synthetic_data, tmp_path / "single"))
+    assert single["complete"] and set(single["per_subject"]) == set(subjects)
+    folder = run_folder(tmp_path / "single")
+    history = unit_records(folder)[f"seed0/{subjects[0]}"]["history"]
+    assert history[0]["lr"] == pytest.approx(0.01)
+
+    # Two processes, each on its share of subjects, then the aggregate step.
+    split = tmp_path / "split"
+    first = finetune.main(loso_args(synthetic_data, split, "--subjects", ",".join(subjects[:2])))
+    assert not first["complete"] and len(first["missing"]) == len(subjects) - 2
+    finetune.main(loso_args(synthetic_data, split, "--subjects", ",".join(subjects[2:])))
+    merged = finetune.main(loso_args(synthetic_data, split, "--aggregate_only"))
+    assert metrics_of(merged) == metrics_of(single)
+    assert (run_folder(split) / "predictions.csv").read_text() == (folder / "predictions.csv").read_text()
+
+    # Killed in the third subject, then the same command again.
+    killed = tmp_path / "killed"
+    calls = {"n": 0}
+    real_run_unit = evaluation.Evaluator.run_unit
+
+    def dying_run_unit(self, unit, seed):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_run_unit(self, unit, seed)
+
+    monkeypatch.setattr(evaluation.Evaluator, "run_unit", dying_run_unit)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.main(loso_args(synthetic_data, killed))
+    monkeypatch.setattr(evaluation.Evaluator, "run_unit", real_run_unit)
+    assert len(unit_records(run_folder(killed))) == 2
+    assert metrics_of(finetune.main(loso_args(synthetic_data, killed))) == metrics_of(single)
+
+    # Re-running a finished run trains and decodes nothing.
+    mtimes = {p: p.stat().st_mtime_ns for p in (folder / "units").rglob("*.json")}
+    monkeypatch.setattr(dataset, "ImageStore", None)
+    again = finetune.main(loso_args(synthetic_data, tmp_path / "single"))
+    assert metrics_of(again) == metrics_of(single)
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    assert "0 units to run, 5 already done" in (folder / "log.txt").read_text()
+
+
+def test_frozen_loso_keeps_encoder(synthetic_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """Frozen protocol with augmentation: the encoder runs every epoch, and must stay unchanged
+    (checked inside every unit); without augmentation features are extracted once."""
+    path = tmp_path / "ckpt.pth"
+    save_checkpoint(path, "alexnet", published=False)
+    subject = dataset.subject_names(synthetic_data / "data")[0]
+    argv = loso_args(synthetic_data, tmp_path / "aug", "--freeze_encoder", "--augment", "--subjects", subject)
+    argv[argv.index("--model_path") + 1] = str(path)
+    checked = []
+    real_check = evaluation.assert_unchanged
+    monkeypatch.setattr(evaluation, "assert_unchanged", lambda *a: (checked.append(a[2]), real_check(*a)))
+    finetune.main(argv)
+    finetune.main([a if a != "--augment" else "--no_augment" for a in argv])
+    assert checked == [f"unit {subject}", "feature extraction"]
+    logs = {p.parent.name: p.read_text() for p in (tmp_path / "aug").glob("*/log.txt")}
+    assert {"_frozen_aug_" in name: "extracted" in log for name, log in logs.items()} == {True: False, False: True}
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line, exit code 2
+
+
+def test_bad_inputs(synthetic_data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    subject = dataset.subject_names(synthetic_data / "data")[0]
+    line = cli_error(finetune.main, loso_args(synthetic_data, out, "--subjects", f"{subject},spNO999"), capsys)
+    assert "subName.txt: unknown subject(s) spNO999" in line
+    line = cli_error(finetune.main, loso_args(synthetic_data, out, "--layer", "9"), capsys)
+    assert line == "error: --layer 9: alexnet has layers 1..8"
+    resnet = tmp_path / "resnet.pth"
+    save_checkpoint(resnet, "resnet18v1", published=True)
+    argv = loso_args(synthetic_data, out, "--model", "alexnet")
+    argv[argv.index("--model_path") + 1] = str(resnet)
+    assert "resnet.pth: checkpoint holds a resnet18v1 encoder" in cli_error(finetune.main, argv, capsys)
+    broken = tmp_path / "broken"
+    shutil.copytree(synthetic_data, broken)
+    subject = dataset.subject_names(broken / "data")[1]
+    (broken / "data" / "v_depth" / f"{subject}_test.txt").unlink()
+    line = cli_error(finetune.main, loso_args(broken, out), capsys)
+    assert line.endswith(f"v_depth/{subject}_test.txt: list file not found")
+    leaky = tmp_path / "leaky"
+    shutil.copytree(synthetic_data, leaky)
+    key = dataset.sample_key((leaky / "data" / "v_rgb" / f"{subject}_test.txt").read_text().split()[0])
+    for view in ("v_rgb", "v_depth"):
+        lists = leaky / "data" / view
+        own = [line for line in (lists / f"{subject}_test.txt").read_text().splitlines()
+               if dataset.sample_key(line.split()[0]) == key]
+        with (lists / f"{subject}_train.txt").open("a") as f:
+            f.write(own[0] + "\n")
+    line = cli_error(finetune.main, loso_args(leaky, out), capsys)
+    assert f"1 training sample(s) of the test subject {subject}" in line
+    line = cli_error(linear_probe.main, probe_args(synthetic_data, out, "--folds", "9"), capsys)
+    assert "only 5 subjects" in line
+
+
+def test_entry_scripts_from_any_directory(synthetic_data: Path, tmp_path: Path) -> None:
+    for script in ("fine-tune_CVSCL.py", "LinearProbing_CVSCL_10fold.py"):
+        done = subprocess.run([sys.executable, str(REPO_ROOT / script), "--help"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "--batchsize" in done.stdout
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "fine-tune_CVSCL.py"),
+                           *loso_args(synthetic_data, tmp_path, "--subjects", "nobody")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().startswith("error: ")
+    assert len(done.stderr.strip().splitlines()) == 1
