@@ -2,10 +2,15 @@
 
 One geometric draw per sample (a random resized crop and a horizontal flip) is applied to both
 views through a single sampling grid, so the RGB and depth images of a pair stay aligned.
-Photometric jitter is drawn per view: brightness, contrast, saturation and random grayscale for
-RGB; brightness and contrast only for the one-channel depth image (saturation, hue and grayscale
-mean nothing there). Hue jitter is not offered: rotating the hue of a signed difference image has
-no physical meaning. Evaluation uses a deterministic centre crop, identical for both views.
+Photometric jitter is drawn per view and respects what a difference image encodes: a signed
+change around mid-grey (0.5). Its "contrast" scales the change around mid-grey (a stronger or
+weaker movement); for RGB, saturation mixes each channel's change towards the grey change, and
+random grayscale drops colour. There is no brightness jitter: an offset would claim that every
+pixel changed, and on the synthetic data the original's multiplicative brightness jitter (which
+moves mid-grey itself) stopped pre-training from learning at all. Depth gets the contrast jitter
+only (saturation, hue and grayscale mean nothing on one channel). Hue jitter is not offered:
+rotating the hue of a difference has no physical meaning. Evaluation uses a deterministic centre
+crop, identical for both views.
 """
 from __future__ import annotations
 
@@ -48,7 +53,7 @@ class PairAugment:
         depth = F.grid_sample(depth, grid, mode="bilinear", padding_mode="border", align_corners=False)
         if self.train and self.jitter > 0:
             rgb = self._jitter_rgb(rgb, generator)
-            depth = self._jitter_depth(depth, generator)
+            depth = self._amplitude(depth, generator)
         mean = torch.tensor([*self.rgb_mean, self.depth_mean], device=rgb.device).view(1, 4, 1, 1)
         std = torch.tensor([*self.rgb_std, self.depth_std], device=rgb.device).view(1, 4, 1, 1)
         return (torch.cat([rgb, depth], dim=1) - mean) / std
@@ -93,19 +98,14 @@ class PairAugment:
         lo = max(0.0, 1 - self.jitter)
         return torch.empty(batch).uniform_(lo, 1 + self.jitter, generator=generator).to(device).view(-1, 1, 1, 1)
 
-    def _jitter_depth(self, depth: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        b = depth.shape[0]
-        depth = depth * self._factors(b, generator, depth.device)
-        mean = depth.mean(dim=(1, 2, 3), keepdim=True)
-        depth = (depth - mean) * self._factors(b, generator, depth.device) + mean
-        return depth.clamp(0, 1)
+    def _amplitude(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Scale each sample's change around mid-grey by a factor in [1 - jitter, 1 + jitter]."""
+        return ((x - 0.5) * self._factors(x.shape[0], generator, x.device) + 0.5).clamp(0, 1)
 
     def _jitter_rgb(self, rgb: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         b = rgb.shape[0]
         weights = torch.tensor([0.299, 0.587, 0.114], device=rgb.device).view(1, 3, 1, 1)
-        rgb = (rgb * self._factors(b, generator, rgb.device)).clamp(0, 1)
-        mean = (rgb * weights).sum(1, keepdim=True).mean(dim=(2, 3), keepdim=True)
-        rgb = ((rgb - mean) * self._factors(b, generator, rgb.device) + mean).clamp(0, 1)
+        rgb = self._amplitude(rgb, generator)
         gray = (rgb * weights).sum(1, keepdim=True)
         rgb = ((rgb - gray) * self._factors(b, generator, rgb.device) + gray).clamp(0, 1)
         if self.grayscale_p > 0:
@@ -122,7 +122,7 @@ def add_augment_args(parser: argparse.ArgumentParser, crop_low: float, jitter: f
                        help="smallest crop area fraction of the random resized crop (1 = whole image)")
     group.add_argument("--no_flip", action="store_true", help="no random horizontal flips")
     group.add_argument("--jitter", type=float, default=jitter,
-                       help="brightness/contrast (and RGB saturation) jitter strength, 0 = off")
+                       help="strength of the per-view jitter of the change around mid-grey (and RGB saturation), 0 = off")
     group.add_argument("--grayscale_p", type=float, default=grayscale_p,
                        help="probability of turning the RGB view gray")
 

@@ -75,7 +75,7 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--exclude_subjects", type=str, default="",
                         help="comma-separated subjects (e.g. spNO1) left out of the pool")
     dataset.add_data_args(parser)
-    augment.add_augment_args(parser, crop_low=0.2, jitter=0.4, grayscale_p=0.2)
+    augment.add_augment_args(parser, crop_low=1.0, jitter=0.4, grayscale_p=0.2)
     args = parser.parse_args(argv)
     dataset.finish_data_args(args)
     args.lr_decay_epochs = util.parse_int_list(args.lr_decay_epochs)
