@@ -10,9 +10,10 @@ With a frozen encoder and no augmentation the features of every sample are extra
 and only the head is trained on them.
 
 Each finished unit is written atomically to `<run>/units/seed<S>/<unit>.json`; re-running the same
-command skips finished units, and `aggregate` recomputes the pooled metrics (accuracy, UF1 = macro
-F1 and UAR = mean per-class recall over the classes present in the ground truth, MEGC convention)
-from whatever unit files exist, so several processes can share one run folder.
+command skips finished units, so several processes can share one run folder: `--shard I/N` runs
+every N-th unit and writes only unit files. `aggregate` then recomputes the pooled metrics
+(accuracy, UF1 = macro F1 and UAR = mean per-class recall over the classes present in the ground
+truth, MEGC convention) from the unit files of the run's units, and refuses while any is missing.
 """
 from __future__ import annotations
 
@@ -22,12 +23,14 @@ import hashlib
 import io
 import json
 import math
+import os
+import re
 import time
 import zlib
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator, NamedTuple, Sequence
+from typing import Callable, ContextManager, Iterator, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -50,6 +53,9 @@ RUN_FILE = "run.json"
 LOSSES = ("crossentropy", "focal", "balanced")
 NORMALISATION = ("rgb_mean", "rgb_std", "depth_mean", "depth_std")
 SCHEDULES = ("cosine", "step", "none")
+# (rank, world size, local rank) variables of a launcher, tried in order by `--shard auto`.
+SHARD_ENVIRONMENTS = (("RANK", "WORLD_SIZE", "LOCAL_RANK"), ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"))
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,7 +386,15 @@ def add_eval_args(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
                        help="run folder name; default derived from the settings (not from --subjects, so "
                             "processes sharing subjects write one run)")
     group.add_argument("--aggregate_only", action="store_true",
-                       help="train nothing: recompute results.json from the unit files of the run folder")
+                       help="train nothing: recompute results.json from the unit files of the run folder; "
+                            "an error naming them while units of the run are missing")
+    group.add_argument("--shard", type=str, default="",
+                       help="I/N: run only shard I (0-based, 0 <= I < N) of the units (LOSO subjects after "
+                            "--subjects, or k-fold folds), dealt round robin in subName.txt / fold order, and "
+                            "write only their unit files (pool them with --aggregate_only). A unit's result "
+                            "does not depend on its shard. 'auto': I/N from RANK/WORLD_SIZE (torchrun), else "
+                            "SLURM_PROCID/SLURM_NTASKS (srun), each process on cuda:<local rank> when CUDA is "
+                            "available and --device is auto or cuda; no process group is formed")
     group.add_argument("--no_progress", action="store_true", help="no progress bars")
     dataset.add_data_args(parser)
     parser.set_defaults(image_size=None, **{k: None for k in NORMALISATION})
@@ -418,7 +432,42 @@ def finish_eval_args(args: argparse.Namespace) -> EncoderSpec:
     if args.augment is None:
         args.augment = not args.freeze_encoder
     args.seed_list = [args.seed + i for i in range(args.seeds)]
+    resolve_shard(args)
     return spec
+
+
+def resolve_shard(args: argparse.Namespace) -> None:
+    """Replace `args.shard` by (index, count), or None without `--shard`.
+
+    `auto` reads the first launcher of `SHARD_ENVIRONMENTS` found in the environment; with
+    `--device auto` or `cuda` and CUDA available the process then runs on cuda:<local rank> modulo
+    the visible GPUs (so a task that srun binds to one GPU uses cuda:0).
+    """
+    text = args.shard
+    if not text:
+        args.shard = None
+        return
+    if text == "auto":
+        found = [names for names in SHARD_ENVIRONMENTS if names[0] in os.environ and names[1] in os.environ]
+        if not found:
+            raise util.UserError("--shard auto: neither RANK/WORLD_SIZE (torchrun) nor SLURM_PROCID/SLURM_NTASKS "
+                                 "(srun) is set")
+        rank, size, local = found[0]
+        text = f"{os.environ[rank]}/{os.environ[size]}"
+        if args.device in ("auto", "cuda") and torch.cuda.is_available():
+            args.device = f"cuda:{int(os.environ.get(local, 0)) % torch.cuda.device_count()}"
+    match = re.fullmatch(r"(\d+)/(\d+)", text)
+    if not match or int(match[1]) >= int(match[2]):
+        raise util.UserError(f"--shard {text}: expected I/N with 0 <= I < N (0-based), or auto")
+    args.shard = (int(match[1]), int(match[2]))
+
+
+def shard_of(items: Sequence[T], shard: tuple[int, int] | None) -> list[T]:
+    """The items of shard (index, count): items[index], items[index + count], ...; all without one."""
+    if shard is None:
+        return list(items)
+    index, count = shard
+    return list(items[index::count])
 
 
 def default_run_name(args: argparse.Namespace, protocol: str) -> str:
@@ -435,8 +484,8 @@ def default_run_name(args: argparse.Namespace, protocol: str) -> str:
 
 
 # Flags that do not change a unit's result; everything else must match to share a run folder.
-_PROCESS_ONLY = {"subjects", "list_subjects", "num_workers", "cache_dir", "save_path", "tb_path", "run_name",
-                 "aggregate_only", "no_progress", "device", "seeds", "seed_list", "prefixes", "path_prefix",
+_PROCESS_ONLY = {"subjects", "shard", "list_subjects", "num_workers", "cache_dir", "save_path", "tb_path",
+                 "run_name", "aggregate_only", "no_progress", "device", "seeds", "seed_list", "prefixes", "path_prefix",
                  "save_models"}
 
 
@@ -725,19 +774,30 @@ def _pooled(rows: Sequence[Prediction], n_classes: int) -> dict:
     return compute_metrics([r.label for r in rows], [r.prediction for r in rows], n_classes)
 
 
-def aggregate(run: RunFolder, writer: SummaryWriter | None = None) -> dict:
-    """Pooled metrics from the unit files present; writes predictions.csv, results.json and
-    confusion.png.
+def aggregate(run: RunFolder, units: Sequence[str] | None = None, writer: SummaryWriter | None = None) -> dict:
+    """Pooled metrics of `units` (default: all of the run's) for every seed of the run; writes
+    predictions.csv, results.json and confusion.png.
+
+    A missing unit file is a `UserError` naming the units (nothing is written); a deliberate
+    subset passes its `units` and is marked incomplete in results.json.
 
     acc/UF1/UAR are computed per seed on the predictions of all its units pooled, then averaged
     over seeds (std beside). Per-unit figures and the confusion matrix pool every seed's
     predictions; `n` counts distinct samples. A sample tested twice within one seed is an error.
     """
     info = run.read_run()
-    n_classes, kind = info["n_classes"], info["unit_kind"]
-    records = run.load_units()
-    if not records:
-        raise util.UserError(f"{run.root}/units: no finished units to aggregate")
+    n_classes, kind, seeds = info["n_classes"], info["unit_kind"], info["seeds"]
+    units = info["units"] if units is None else list(units)
+    wanted = {(seed, unit) for seed in seeds for unit in units}
+    records = [r for r in run.load_units() if (r["seed"], r["unit"]) in wanted]
+    done = {(r["seed"], r["unit"]) for r in records}
+    absent = [unit if len(seeds) == 1 else f"seed{seed}/{unit}" for seed in seeds for unit in units
+              if (seed, unit) not in done]
+    if absent:
+        what = "subject(s)" if kind == "per_subject" else "fold(s)"
+        raise util.UserError(f"{run.root}: {len(absent)} of {len(wanted)} {what} not finished "
+                             f"({', '.join(absent)}); run their shards again (finished units are skipped) "
+                             "before aggregating")
     rows: list[Prediction] = []
     seen: dict[tuple[int, str], str] = {}
     for record in records:
@@ -760,8 +820,7 @@ def aggregate(run: RunFolder, writer: SummaryWriter | None = None) -> dict:
                        {**{k: metrics[k] for k in ("acc", "uf1", "uar", "n")},
                         "subjects": sorted({r.subject for r in unit_rows}, key=_natural_key)})
     pooled = _pooled(rows, n_classes)
-    done = {(r["seed"], r["unit"]) for r in records}
-    missing = [f"seed{s}/{u}" for s in info["seeds"] for u in info["units"] if (s, u) not in done]
+    missing = [f"seed{s}/{u}" for s in seeds for u in info["units"] if u not in units]
     results = {"protocol": info["protocol"]}
     for metric in ("acc", "uf1", "uar"):
         values = [m[metric] for m in per_seed.values()]
@@ -823,7 +882,7 @@ def summary_line(results: dict) -> str:
     several = len(results["seeds"]) > 1
     parts = [f"{label} {results[m]:.4f}" + (f" ± {results[m + '_std']:.4f}" if several else "")
              for m, label in (("acc", "acc"), ("uf1", "UF1"), ("uar", "UAR"))]
-    status = "" if results["complete"] else f" (partial: {len(results['missing'])} units missing)"
+    status = "" if results["complete"] else f" (subset: {len(results['missing'])} units left out)"
     return f"{results['protocol']}: {', '.join(parts)} over {results['n_samples']} predictions{status}"
 
 
@@ -835,8 +894,9 @@ def summary_line(results: dict) -> str:
 class Protocol:
     """What a script hands to `run_protocol`.
 
-    `samples` are all samples the units index (decoded once), `units` the units this process may
-    run (all of them, or a `--subjects` share), `all_units` the names a complete run has.
+    `samples` are all samples the units index (decoded once), `units` the units of this run (all
+    of them, or a `--subjects` subset; `--shard` runs a share of them), `all_units` the names a
+    complete run has.
     """
     name: str
     unit_kind: str
@@ -849,7 +909,8 @@ class Protocol:
 
 
 def run_protocol(args: argparse.Namespace, spec: EncoderSpec, protocol: Protocol) -> dict:
-    """Run every pending (seed, unit), then aggregate. Returns the results dict."""
+    """Run every pending (seed, unit) of this process's shard, then aggregate. Returns the results
+    dict; a `--shard` process writes only its unit files and returns {}."""
     run = RunFolder(Path(args.save_path) / (args.run_name or default_run_name(args, protocol.name)))
     args_record = json.loads(json.dumps(vars(args), default=str))
     run.claim({"protocol": protocol.name, "unit_kind": protocol.unit_kind, "config": result_config(args),
@@ -858,9 +919,11 @@ def run_protocol(args: argparse.Namespace, spec: EncoderSpec, protocol: Protocol
     log = Log(run.root / "log.txt")
     writer = SummaryWriter(args.tb_path or str(run.root / "tb"))
     try:
-        pending = [(seed, unit) for seed in args.seed_list for unit in protocol.units
-                   if not run.is_done(seed, unit.name)]
-        skipped = len(args.seed_list) * len(protocol.units) - len(pending)
+        units = shard_of(protocol.units, args.shard)
+        if args.shard is not None:
+            log(f"shard {args.shard[0]}/{args.shard[1]}: {', '.join(u.name for u in units) or 'no units'}")
+        pending = [(seed, unit) for seed in args.seed_list for unit in units if not run.is_done(seed, unit.name)]
+        skipped = len(args.seed_list) * len(units) - len(pending)
         log(f"run {run.root} (git {util.git_revision()}): {len(pending)} units to run, {skipped} already done")
         if pending:
             device = util.pick_device(args.device)
@@ -881,7 +944,10 @@ def run_protocol(args: argparse.Namespace, spec: EncoderSpec, protocol: Protocol
                     f"test acc {acc:.4f}, final train loss {record['history'][-1]['loss']:.4f}, "
                     f"{record['seconds']:.1f} s")
             bar.close()
-        results = aggregate(run, writer)
+        if args.shard is not None:
+            log(f"shard {args.shard[0]}/{args.shard[1]} finished; pool all shards with --aggregate_only")
+            return {}
+        results = aggregate(run, [u.name for u in protocol.units], writer)
         log(summary_line(results))
         log(f"results: {run.root / 'results.json'}")
         return results
@@ -890,10 +956,11 @@ def run_protocol(args: argparse.Namespace, spec: EncoderSpec, protocol: Protocol
         log.close()
 
 
-def run_aggregate_only(args: argparse.Namespace, protocol_name: str) -> dict:
-    """`--aggregate_only`: pooled metrics of the run folder the flags name, nothing trained."""
+def run_aggregate_only(args: argparse.Namespace, protocol_name: str, units: Sequence[str] | None = None) -> dict:
+    """`--aggregate_only`: pooled metrics of `units` (default all) of the run folder the flags
+    name, nothing trained."""
     run = RunFolder(Path(args.save_path) / (args.run_name or default_run_name(args, protocol_name)))
-    results = aggregate(run)
+    results = aggregate(run, units)
     print(summary_line(results))
     print(f"results: {run.root / 'results.json'}")
     return results

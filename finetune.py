@@ -1,6 +1,7 @@
 """Leave-one-subject-out evaluation behind `fine-tune_CVSCL.py`.
 
-For every subject of `subName.txt` (or the `--subjects` share of this process): train on
+For every subject of `subName.txt` (or of the `--subjects` subset; `--shard I/N` runs every N-th
+of them, so processes or GPUs can split the work): train on
 `<subject>_train.txt`, test on `<subject>_test.txt`, with a fresh encoder (the checkpoint's
 weights, or a seeded random init with `--model_path none`), head, optimizer and scheduler. The
 encoder is fine-tuned at `--learning_rate * --encoder_lr_mult` by default; `--freeze_encoder`
@@ -34,10 +35,11 @@ def parse_option(argv: list[str] | None = None) -> tuple[argparse.Namespace, eva
         description="Leave-one-subject-out fine-tuning (or, with --freeze_encoder, linear evaluation) of a "
                     "DVSCL encoder. Pooled acc/UF1/UAR over all subjects; results.json in SAVE_PATH/<run name>/. "
                     "Re-running the same command skips finished subjects; split subjects across processes "
-                    "with --subjects (scripts/sweep_subjects.sh), then --aggregate_only.")
+                    "with --shard I/N or --shard auto under torchrun/srun (scripts/sweep_subjects.sh), then "
+                    "--aggregate_only, which refuses while subjects are missing.")
     parser.add_argument("--subjects", type=str, default="",
-                        help="comma-separated subjects of subName.txt for this process (e.g. spNO1,spNO7); "
-                             "default all")
+                        help="comma-separated subjects of subName.txt (e.g. spNO1,spNO7): a deliberate subset, "
+                             "the pooled results cover just these (pass it to --aggregate_only too); default all")
     parser.add_argument("--freeze_encoder", action="store_true",
                         help="train only the linear head; the encoder stays in eval mode and is checked unchanged")
     parser.add_argument("--encoder_lr_mult", type=float, default=0.1,
@@ -45,7 +47,7 @@ def parse_option(argv: list[str] | None = None) -> tuple[argparse.Namespace, eva
     parser.add_argument("--save_models", action="store_true",
                         help="save each subject's fine-tuned classifier under <run>/models/")
     parser.add_argument("--list_subjects", action="store_true",
-                        help="print the subjects this command would run, one per line, and exit")
+                        help="print the subjects this command (and --shard) would run, one per line, and exit")
     evaluation.add_eval_args(parser, DEFAULTS)
     args = parser.parse_args(argv)
     spec = evaluation.finish_eval_args(args)
@@ -107,10 +109,11 @@ def _check_no_leak(subject: str, train: list[dataset.Sample], test: list[dataset
 def main(argv: list[str] | None = None) -> dict:
     """Run (or resume) the LOSO evaluation; returns the results dict written to results.json."""
     args, spec = parse_option(argv)
-    if args.list_subjects:
+    if args.list_subjects or args.aggregate_only:
         list_folder = dataset.find_list_folder(args.data_folder, args.list_folder)
-        print("\n".join(select_subjects(args.subjects, dataset.subject_names(list_folder), list_folder)))
+        subjects = select_subjects(args.subjects, dataset.subject_names(list_folder), list_folder)
+        if args.aggregate_only:
+            return evaluation.run_aggregate_only(args, PROTOCOL, subjects)
+        print("\n".join(evaluation.shard_of(subjects, args.shard)))
         return {}
-    if args.aggregate_only:
-        return evaluation.run_aggregate_only(args, PROTOCOL)
     return evaluation.run_protocol(args, spec, loso_protocol(args))

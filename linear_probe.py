@@ -35,7 +35,8 @@ def parse_option(argv: list[str] | None = None) -> tuple[argparse.Namespace, eva
         "LinearProbing_CVSCL_10fold.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="k-fold linear probe of a frozen DVSCL encoder on every labeled sample: subject-grouped, "
                     "stratified folds; a fresh linear head per fold; pooled acc/UF1/UAR and per-fold figures "
-                    "in SAVE_PATH/<run name>/results.json. Re-running skips finished folds.")
+                    "in SAVE_PATH/<run name>/results.json. Re-running skips finished folds; split folds across "
+                    "processes with --shard I/N (or auto under torchrun/srun), then --aggregate_only.")
     parser.add_argument("--folds", type=int, default=10, help="number of folds")
     parser.add_argument("--split", choices=("subject", "sample"), default="subject",
                         help="subject: stratified folds with no subject in two folds; sample: sample-level "

@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# LOSO fine-tuning split across GPUs or CPU workers, then the aggregate step.
+# LOSO fine-tuning split across GPUs or CPU workers (and nodes), then the aggregate step.
 #
-#   bash scripts/sweep_subjects.sh [--workers N] FINE-TUNE FLAGS...
+#   bash scripts/sweep_subjects.sh [--workers N] [--nodes M --node_rank K] FINE-TUNE FLAGS...
 #
 # Without --workers: one process per GPU of CUDA_VISIBLE_DEVICES (all GPUs nvidia-smi lists when
-# it is unset), each on its share of the subjects of subName.txt (round robin). With --workers N,
-# or without GPUs: N CPU processes (default: one per core), each with an equal share of the cores. Every process writes into the same run folder
-# (the run name does not depend on --subjects); a crashed sweep is resumed by running the same
-# command again (finished subjects are skipped). Finally `--aggregate_only` computes the pooled
-# metrics over all subjects. Example:
+# it is unset). With --workers N, or without GPUs: N CPU processes (default: one per core), each
+# with an equal share of the cores. Each of the G processes of a node runs `--shard S/(M*G)` of
+# the subjects (round robin over subName.txt, or over --subjects), where node K of M runs shards
+# K*G .. K*G+G-1 (default: one node, K = 0). Every process writes its subjects' unit files into the
+# same run folder (the run name depends on neither --subjects nor --shard; with several nodes it
+# must be on a shared file system); a crashed sweep is resumed by running the same command again
+# (finished subjects are skipped). Finally, on a single node, `--aggregate_only` pools all subjects
+# into results.json; it refuses, naming them, while subjects are missing. With several nodes run
+# `python fine-tune_CVSCL.py FLAGS --aggregate_only` once every node has finished. Examples:
 #
 #   CUDA_VISIBLE_DEVICES=0,1,2,3 bash scripts/sweep_subjects.sh --data_folder DIR --model_path CKPT
+#   srun --nodes 2 --ntasks-per-node 1 bash -c 'bash scripts/sweep_subjects.sh --nodes "$SLURM_NNODES" \
+#       --node_rank "$SLURM_NODEID" --data_folder DIR --model_path CKPT'
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,11 +25,20 @@ python="${PYTHON:-$repo/.venv/bin/python}"
 script="$repo/fine-tune_CVSCL.py"
 
 workers=""
-if [[ "${1:-}" == "--workers" ]]; then
-    workers="$2"
+nodes=1
+node_rank=0
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --workers) workers="$2" ;;
+        --nodes) nodes="$2" ;;
+        --node_rank) node_rank="$2" ;;
+        *) break ;;
+    esac
     shift 2
-fi
-[[ $# -gt 0 ]] || { echo "usage: $0 [--workers N] FINE-TUNE FLAGS..." >&2; exit 2; }
+done
+[[ $# -gt 0 ]] || { echo "usage: $0 [--workers N] [--nodes M --node_rank K] FINE-TUNE FLAGS..." >&2; exit 2; }
+(( nodes >= 1 && node_rank >= 0 && node_rank < nodes )) \
+    || { echo "error: --node_rank $node_rank --nodes $nodes: need 0 <= K < M" >&2; exit 2; }
 
 mapfile -t subjects < <("$python" "$script" "$@" --list_subjects)
 [[ ${#subjects[@]} -gt 0 ]] || { echo "error: no subjects to run" >&2; exit 2; }
@@ -39,31 +54,35 @@ if [[ -z "$workers" ]]; then
 fi
 cores=$(nproc)
 workers=${workers:-$cores}
-(( workers > ${#subjects[@]} )) && workers=${#subjects[@]}
+(( workers * nodes > ${#subjects[@]} )) && workers=$(( (${#subjects[@]} + nodes - 1) / nodes ))
 threads=$(( cores / workers > 0 ? cores / workers : 1 ))
+shards=$(( nodes * workers ))
 
 pids=()
 for (( w = 0; w < workers; w++ )); do
-    share=()
-    for (( i = w; i < ${#subjects[@]}; i += workers )); do share+=("${subjects[i]}"); done
-    subject_list=$(IFS=,; echo "${share[*]}")
+    shard="$(( node_rank * workers + w ))/$shards"
     if (( ${#gpus[@]} > 0 )); then
         env_vars=(CUDA_VISIBLE_DEVICES="${gpus[w]}")
-        echo "worker $w on GPU ${gpus[w]}: $subject_list"
+        echo "worker $w (shard $shard) on GPU ${gpus[w]}"
     else
         env_vars=(CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS="$threads")
-        echo "worker $w on $threads CPU thread(s): $subject_list"
+        echo "worker $w (shard $shard) on $threads CPU thread(s)"
     fi
     # A subshell, so that `wait` reports the worker's status (pipefail), not sed's.
-    ( env "${env_vars[@]}" "$python" "$script" "$@" --subjects "$subject_list" --no_progress 2>&1 \
+    ( env "${env_vars[@]}" "$python" "$script" "$@" --shard "$shard" --no_progress 2>&1 \
         | sed -u "s/^/[worker $w] /" ) &
     pids+=($!)
 done
 
 failed=0
 for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-"$python" "$script" "$@" --aggregate_only
 if (( failed )); then
     echo "error: a worker failed; run the same command again to finish the missing subjects" >&2
     exit 1
 fi
+if (( nodes > 1 )); then
+    echo "node $node_rank of $nodes done; once every node has finished, pool the subjects with:"
+    echo "  $python $script$(printf ' %q' "$@") --aggregate_only"
+    exit 0
+fi
+"$python" "$script" "$@" --aggregate_only

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -369,6 +370,86 @@ def test_loso_finetune_split_and_resume(synthetic_data: Path, tmp_path: Path, mo
     assert metrics_of(again) == metrics_of(single)
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     assert "0 units to run, 5 already done" in (folder / "log.txt").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharding: subjects spread over processes, then the aggregate step
+
+
+def test_shard_assignment(monkeypatch) -> None:
+    """Shards are disjoint and cover every unit; `auto` reads torchrun's variables, else SLURM's,
+    and puts the process on cuda:<local rank> modulo the visible GPUs."""
+    units = [f"spNO{i}" for i in range(1, 12)]
+    for count in (1, 2, 3, 5, 11, 13):
+        shares = [evaluation.shard_of(units, (index, count)) for index in range(count)]
+        assert sum(map(len, shares)) == len(set().union(*shares)) == len(units)
+    assert evaluation.shard_of(units, (1, 3)) == ["spNO2", "spNO5", "spNO8", "spNO11"]
+    assert evaluation.shard_of(units, None) == units
+
+    def resolved(text: str, device: str = "auto", **env: str) -> argparse.Namespace:
+        for names in evaluation.SHARD_ENVIRONMENTS:
+            for name in names:
+                monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        args = argparse.Namespace(shard=text, device=device)
+        evaluation.resolve_shard(args)
+        return args
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolved("").shard is None
+    assert vars(resolved("1/3")) == {"shard": (1, 3), "device": "auto"}
+    assert resolved("auto", RANK="1", WORLD_SIZE="2", SLURM_PROCID="5", SLURM_NTASKS="8").shard == (1, 2)
+    assert resolved("auto", SLURM_PROCID="5", SLURM_NTASKS="8").shard == (5, 8)
+    for bad in ("2/2", "1", "-1/2", "a/b"):
+        with pytest.raises(UserError, match=f"--shard {bad}: expected I/N with 0 <= I < N"):
+            resolved(bad)
+    with pytest.raises(UserError, match="--shard auto: neither RANK/WORLD_SIZE"):
+        resolved("auto")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolved("auto", RANK="3", WORLD_SIZE="4", LOCAL_RANK="3").device == "cuda:1"
+    assert resolved("auto", SLURM_PROCID="2", SLURM_NTASKS="4", SLURM_LOCALID="0").device == "cuda:0"
+    assert resolved("auto", "cpu", RANK="1", WORLD_SIZE="2", LOCAL_RANK="1").device == "cpu"
+    assert resolved("1/2", RANK="1", WORLD_SIZE="2", LOCAL_RANK="1").device == "auto"
+
+
+def test_sharded_loso_matches_one_process(synthetic_data: Path, tmp_path: Path, capsys) -> None:
+    """Two processes launched as torchrun would (`--shard auto`, RANK/WORLD_SIZE), then the
+    aggregate step, give the single-process metrics and predictions; a missing subject is refused."""
+    subjects = dataset.subject_names(synthetic_data / "data")
+    single = finetune.main(loso_args(synthetic_data, tmp_path / "single"))
+    sharded = tmp_path / "sharded"
+    argv = [sys.executable, str(REPO_ROOT / "fine-tune_CVSCL.py"),
+            *loso_args(synthetic_data, sharded, "--shard", "auto")]
+    workers = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                                     "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
+               for rank in range(2)]
+    outputs = [worker.communicate(timeout=300)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    folder = run_folder(sharded)
+    assert not (folder / "results.json").exists()  # shards write only their unit files
+    log = (folder / "log.txt").read_text()
+    assert all(f"shard {i}/2: {', '.join(subjects[i::2])}" in log for i in range(2))
+
+    # A lost subject: the aggregate names it and writes nothing, unless the subset is deliberate.
+    lost = folder / "units" / "seed0" / f"{subjects[1]}.json"
+    record = lost.read_text()
+    lost.unlink()
+    line = cli_error(finetune.main, loso_args(synthetic_data, sharded, "--aggregate_only"), capsys)
+    assert line.endswith(f"1 of {len(subjects)} subject(s) not finished ({subjects[1]}); run their shards again "
+                         "(finished units are skipped) before aggregating")
+    assert not (folder / "results.json").exists()
+    rest = [s for s in subjects if s != subjects[1]]
+    subset = finetune.main(loso_args(synthetic_data, sharded, "--aggregate_only", "--subjects", ",".join(rest)))
+    assert not subset["complete"] and subset["missing"] == [f"seed0/{subjects[1]}"]
+    assert set(subset["per_subject"]) == set(rest)
+
+    lost.write_text(record)
+    merged = finetune.main(loso_args(synthetic_data, sharded, "--aggregate_only"))
+    assert metrics_of(merged) == metrics_of(single)
+    assert (folder / "predictions.csv").read_text() == (run_folder(tmp_path / "single") / "predictions.csv").read_text()
 
 
 def test_frozen_loso_keeps_encoder(synthetic_data: Path, tmp_path: Path, monkeypatch) -> None:
