@@ -1,0 +1,238 @@
+"""Pre-training throughput, compute ceiling and memory-bank footprint (a benchmark, not a test).
+
+    python scripts/bench_pretrain.py                 # alexnet and resnet18v1, 224 px, batch 32
+    python scripts/bench_pretrain.py --compare       # also the re-created published data pipeline
+    python scripts/bench_pretrain.py --memory        # peak RSS for banks of 10k, 100k and 1M rows
+
+Every figure drives the real training step (`pretrain.train`: both encoders trained, NCE loss,
+memory update) and differs only in where the batches come from:
+- full step: this suite's pipeline (images decoded once, batched augmentation);
+- compute only: one pre-augmented batch served again and again (no data cost);
+- published (--compare): a faithful re-creation of the published pipeline: PIL decode and
+  per-sample torchvision transforms (CenterCrop, RandomGrayscale, ColorJitter, flip, drawn
+  independently per view) in two DataLoader workers, every epoch.
+The compute ceiling is model FLOPs per image (forward + backward, both views, counted by
+`torch.utils.flop_counter`) divided into the measured fp32 matmul GFLOP/s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+import augment  # noqa: E402
+import dataset  # noqa: E402
+import pretrain  # noqa: E402
+import synthetic  # noqa: E402
+import util  # noqa: E402
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """Best-of fp32 matrix-multiply rate in GFLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def step_gflop_per_image(model: torch.nn.Module, image_size: int, batch: int = 8) -> float:
+    """Forward + backward FLOPs per image of both views' encoders."""
+    x = torch.randn(batch, 4, image_size, image_size)
+    with FlopCounterMode(display=False) as counter:
+        feat_rgb, feat_depth = model(x)
+        (feat_rgb.sum() + feat_depth.sum()).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch / 1e9
+
+
+class PreloadedStore:
+    """Serves one fixed batch for every index batch: the compute-only measurement."""
+
+    def __init__(self, x: torch.Tensor, n: int) -> None:
+        self.x, self.n = x, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batch(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[:, :3].to(device), self.x[:, 3:].to(device)
+
+
+def concat_views(rgb: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+    """Identity transform for batches that arrive already augmented: (B,3,H,W),(B,1,H,W) -> (B,4,H,W)."""
+    return torch.cat([rgb, depth], dim=1)
+
+
+class PublishedPairs(torch.utils.data.Dataset):
+    """The published pipeline: each item decoded with PIL and transformed per view, every epoch."""
+
+    def __init__(self, samples: list[dataset.Sample], image_size: int) -> None:
+        from torchvision import transforms as T
+
+        self.samples = samples
+
+        def view(mean: list[float], std: list[float]) -> T.Compose:
+            return T.Compose([T.CenterCrop(image_size), T.RandomGrayscale(p=0.2),
+                              T.ColorJitter(0.4, 0.4, 0.4, 0.4), T.RandomHorizontalFlip(), T.ToTensor(),
+                              T.Normalize(mean, std)])
+
+        self.rgb_transform = view([0.4454, 0.4474, 0.4504], [0.4474, 0.4505, 0.4502])
+        self.depth_transform = view([0.0423] * 3, [0.1761] * 3)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.samples[i]
+        rgb = self.rgb_transform(Image.open(s.rgb_path).convert("RGB"))
+        depth = self.depth_transform(Image.open(s.depth_path).convert("RGB"))[:1]
+        return rgb, depth
+
+
+class LoaderStore:
+    """Adapts a DataLoader to the store interface: each `batch` call takes the loader's next batch."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, n: int) -> None:
+        self.loader, self.n = loader, n
+        self.iterator = iter(loader)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batch(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            rgb, depth = next(self.iterator)
+        except StopIteration:
+            self.iterator = iter(self.loader)
+            rgb, depth = next(self.iterator)
+        return rgb.to(device), depth.to(device)
+
+
+def make_data(out: Path, image_size: int, n_pairs: int) -> list[dataset.Sample]:
+    """A synthetic pool of at least `n_pairs` pairs decoded at `image_size * 8/7`."""
+    subjects = 8
+    synthetic.generate_dataset(out, seed=0, n_subjects=subjects, samples_per_subject=4,
+                               pool_per_subject=-(-n_pairs // subjects), pool_only_subjects=0,
+                               image_size=round(image_size * 8 / 7))
+    return dataset.load_pool(out / "data", out)
+
+
+def throughput(name: str, samples: list[dataset.Sample], opts: argparse.Namespace, gflops: float) -> dict:
+    """Images/s of the three pipelines for one model."""
+    n = opts.batch_size * opts.steps
+    args = pretrain.parse_option(["--data_folder", str(opts.data), "--model_path", "unused", "--tb_path",
+                                  "unused", "--model", name, "--batch_size", str(opts.batch_size),
+                                  "--image_size", str(opts.image_size), "--epochs", "1",
+                                  "--num_workers", "2", "--print_freq", "1000000"])
+    device = util.pick_device("auto")
+    util.set_seed(0)
+    model, contrast, criterion = pretrain.set_model(args, n, device)
+    optimizer = pretrain.set_optimizer(args, model)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    gflop = step_gflop_per_image(model, args.image_size)
+
+    def rate(store, transform) -> float:
+        pretrain.train(1, PreloadedStore(store_x, 2 * opts.batch_size), concat_views, model, contrast,
+                       criterion, optimizer, scaler, args, device)  # warm-up
+        start = time.perf_counter()
+        pretrain.train(1, store, transform, model, contrast, criterion, optimizer, scaler, args, device)
+        return n / (time.perf_counter() - start)
+
+    store = dataset.ImageStore(samples[:n], args.load_size, workers=2)
+    store_x = augment.from_args(args, train=True)(*store.batch(torch.arange(opts.batch_size)))
+    result = {"model": name, "gflop_per_image": gflop,
+              "full_step": rate(store, augment.from_args(args, train=True)),
+              "compute_only": rate(PreloadedStore(store_x, n), concat_views)}
+    if opts.compare:
+        loader = torch.utils.data.DataLoader(PublishedPairs(samples[:n], args.image_size),
+                                             batch_size=opts.batch_size, shuffle=True, num_workers=2,
+                                             drop_last=True, persistent_workers=True)
+        result["published"] = rate(LoaderStore(loader, n), concat_views)
+        result["speedup_vs_published"] = result["full_step"] / result["published"]
+    result["ceiling"] = gflops / gflop
+    result["fraction_of_ceiling"] = result["full_step"] / result["ceiling"]
+    return result
+
+
+def memory_child(n_rows: int, bank_dtype: str) -> None:
+    """Three training steps of alexnet at 64 px with a bank of `n_rows`; prints peak RSS in MiB."""
+    args = pretrain.parse_option(["--data_folder", ".", "--model_path", "unused", "--tb_path", "unused",
+                                  "--batch_size", "32", "--image_size", "64", "--epochs", "1",
+                                  "--bank_dtype", bank_dtype, "--print_freq", "1000000"])
+    device = torch.device("cpu")
+    model, contrast, criterion = pretrain.set_model(args, n_rows, device)
+    optimizer = pretrain.set_optimizer(args, model)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    store = PreloadedStore(torch.randn(32, 4, 64, 64), 96)
+    pretrain.train(1, store, concat_views, model, contrast, criterion, optimizer, scaler, args, device)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def memory_table() -> list[dict]:
+    rows = []
+    for bank_dtype in ("float32", "float16"):
+        for n_rows in (10_000, 100_000, 1_000_000):
+            out = subprocess.run([sys.executable, __file__, "--memory_child", str(n_rows), bank_dtype],
+                                 capture_output=True, text=True, check=True).stdout.split()
+            bank_mib = 2 * n_rows * 128 * (4 if bank_dtype == "float32" else 2) / 2**20
+            rows.append({"bank_rows": n_rows, "bank_dtype": bank_dtype, "peak_rss_mib": float(out[-1]),
+                         "bank_mib": bank_mib})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="alexnet,resnet18v1")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
+    parser.add_argument("--compare", action="store_true", help="also time the re-created published pipeline")
+    parser.add_argument("--memory", action="store_true", help="peak RSS for banks of 10k/100k/1M rows")
+    parser.add_argument("--json", type=str, default=None, help="write the results here too")
+    parser.add_argument("--memory_child", nargs=2, help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    if opts.memory_child:
+        memory_child(int(opts.memory_child[0]), opts.memory_child[1])
+        return
+    gflops = matmul_gflops()
+    print(f"fp32 matmul: {gflops:.1f} GFLOP/s, {torch.get_num_threads()} threads")
+    results: dict = {"matmul_gflops": gflops, "models": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.data = Path(tmp)
+        samples = make_data(opts.data, opts.image_size, opts.batch_size * opts.steps)
+        for name in opts.models.split(","):
+            r = throughput(name, samples, opts, gflops)
+            results["models"].append(r)
+            line = (f"{name}: {r['gflop_per_image']:.2f} GFLOP/image, full step {r['full_step']:.1f} images/s, "
+                    f"compute only {r['compute_only']:.1f}, ceiling {r['ceiling']:.1f} "
+                    f"({r['fraction_of_ceiling']:.2f} of it)")
+            if opts.compare:
+                line += f", published pipeline {r['published']:.1f} (ours x{r['speedup_vs_published']:.2f})"
+            print(line, flush=True)
+    if opts.memory:
+        results["memory"] = memory_table()
+        for row in results["memory"]:
+            print(f"bank {row['bank_rows']:>9,} rows {row['bank_dtype']}: peak RSS {row['peak_rss_mib']:.0f} MiB "
+                  f"(banks {row['bank_mib']:.0f} MiB)")
+    if opts.json:
+        util.atomic_write_json(opts.json, results)
+
+
+if __name__ == "__main__":
+    main()
