@@ -7,6 +7,7 @@ from torch import Tensor, nn
 import distributed
 
 NORM_EPS = 1e-12
+_INIT_CHUNK = 65536
 
 
 def _score(feat: Tensor, bank: Tensor, idx: Tensor) -> Tensor:
@@ -111,8 +112,11 @@ class ContrastMemory(nn.Module):
         self.softmax = softmax
         self.exclude_self = exclude_self
         for name in ("memory_rgb", "memory_depth"):
-            bank = nn.functional.normalize(torch.randn(n_data, feat_dim), dim=1, eps=NORM_EPS)
-            self.register_buffer(name, bank.to(bank_dtype))
+            bank = torch.empty(n_data, feat_dim, dtype=bank_dtype)
+            # Filled in chunks, so a large float16 bank never exists as a whole in float32.
+            for rows in bank.split(_INIT_CHUNK):
+                rows.copy_(nn.functional.normalize(torch.randn(rows.shape), dim=1, eps=NORM_EPS))
+            self.register_buffer(name, bank)
         self.register_buffer("z", torch.zeros(2))
         self.register_buffer("z_t", torch.zeros((), dtype=torch.float64))
         self._synced = False

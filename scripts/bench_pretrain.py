@@ -2,7 +2,7 @@
 
     python scripts/bench_pretrain.py                 # alexnet and resnet18v1, 224 px, batch 32
     python scripts/bench_pretrain.py --compare       # also the re-created published data pipeline
-    python scripts/bench_pretrain.py --memory        # peak RSS for banks of 10k, 100k and 1M rows
+    python scripts/bench_pretrain.py --models '' --memory   # peak RSS for banks of 10k, 100k and 1M rows
 
 Every figure drives the real training step (`pretrain.train`: both encoders trained, NCE loss,
 memory update) and differs only in where the batches come from:
@@ -17,8 +17,6 @@ The compute ceiling is model FLOPs per image (forward + backward, both views, co
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -181,7 +179,10 @@ def memory_child(n_rows: int, bank_dtype: str) -> None:
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     store = PreloadedStore(torch.randn(32, 4, 64, 64), 96)
     pretrain.train(1, store, concat_views, model, contrast, criterion, optimizer, scaler, args, device)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec.
+    peak_kib = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("VmHWM:"))
+    print(peak_kib / 1024)
 
 
 def memory_table() -> list[dict]:
@@ -198,7 +199,7 @@ def memory_table() -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="alexnet,resnet18v1")
+    parser.add_argument("--models", default="alexnet,resnet18v1", help="comma-separated; '' skips throughput")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
@@ -213,10 +214,11 @@ def main() -> None:
     gflops = matmul_gflops()
     print(f"fp32 matmul: {gflops:.1f} GFLOP/s, {torch.get_num_threads()} threads")
     results: dict = {"matmul_gflops": gflops, "models": []}
+    models = [m for m in opts.models.split(",") if m]
     with tempfile.TemporaryDirectory() as tmp:
         opts.data = Path(tmp)
-        samples = make_data(opts.data, opts.image_size, opts.batch_size * opts.steps)
-        for name in opts.models.split(","):
+        samples = make_data(opts.data, opts.image_size, opts.batch_size * opts.steps) if models else []
+        for name in models:
             r = throughput(name, samples, opts, gflops)
             results["models"].append(r)
             line = (f"{name}: {r['gflop_per_image']:.2f} GFLOP/image, full step {r['full_step']:.1f} images/s, "
