@@ -244,7 +244,8 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
         evaluation.load_encoder_spec(str(path), model="alexnet")
     # A missing encoder weight is fatal.
     state = save_checkpoint(path, "alexnet", published=True)
-    ckpt = torch.load(path, weights_only=False)
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        ckpt = torch.load(path, weights_only=True)
     del ckpt["model"]["encoder.module.d_to_rgb.fc7.0.weight"]
     torch.save(ckpt, path)
     with pytest.raises(UserError, match=r"1 missing \(e\.g\. d_to_rgb\.fc7\.0\.weight\)"):
