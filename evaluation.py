@@ -27,7 +27,7 @@ import os
 import re
 import time
 import zlib
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator, NamedTuple, Sequence, TypeVar
@@ -45,7 +45,6 @@ import dataset
 import util
 from models import MODEL_NAMES, TwoViewEncoder, build_model
 
-AMP_DTYPES = {"O1": torch.float16, "O2": torch.bfloat16}
 # CMC's linear evaluation of AlexNet max-pools conv layer k to this many cells per side.
 ALEXNET_POOL_CELLS = {1: 10, 2: 6, 3: 5, 4: 5, 5: 6}
 PUBLISHED_PREFIXES = ("encoder.module.", "module.", "encoder.")
@@ -374,9 +373,7 @@ def add_eval_args(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
     group.add_argument("--seeds", type=int, default=1,
                        help="repeat the whole protocol with seeds SEED..SEED+N-1; results give mean and std")
     group.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
-    group.add_argument("--amp", action="store_true", help="mixed precision (torch.autocast)")
-    group.add_argument("--opt_level", choices=sorted(AMP_DTYPES), default="O2",
-                       help="with --amp: O1 = float16 with a GradScaler (CUDA), O2 = bfloat16")
+    util.add_amp_args(group)
     group = parser.add_argument_group("output")
     group.add_argument("--save_path", type=str, default="runs/eval",
                        help="run folders (unit results, predictions.csv, results.json, log) go here")
@@ -642,9 +639,7 @@ class Evaluator:
 
     def autocast(self) -> ContextManager:
         """torch.autocast with --amp's dtype, else a no-op context."""
-        if not self.args.amp:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.args.opt_level])
+        return util.autocast(self.device.type, self.args.amp, self.args.opt_level)
 
     @torch.no_grad()
     def features(self, seed: int) -> Tensor:

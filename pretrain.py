@@ -14,7 +14,6 @@ import argparse
 import json
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -29,7 +28,6 @@ from models import MODEL_NAMES, build_model
 from NCE import ContrastMemory, NCECriterion, NCESoftmaxLoss
 
 CHECKPOINT_FORMAT = "dvscl-pretrain-1"
-AMP_DTYPES = {"O1": torch.float16, "O2": torch.bfloat16}
 STAT_NAMES = ("loss", "rgb_loss", "depth_loss", "rgb_prob", "depth_prob")
 
 
@@ -64,9 +62,7 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
                         help="storage type of the memory banks (float16 halves their memory)")
     parser.add_argument("--model_path", type=str, required=True, help="where run folders with checkpoints go")
     parser.add_argument("--tb_path", type=str, required=True, help="where TensorBoard run folders go")
-    parser.add_argument("--amp", action="store_true", help="mixed precision with torch.amp")
-    parser.add_argument("--opt_level", choices=sorted(AMP_DTYPES), default="O2",
-                        help="with --amp: O1 = float16 autocast with a GradScaler, O2 = bfloat16 autocast")
+    util.add_amp_args(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--intensity_threshold", type=float, default=None,
@@ -150,7 +146,7 @@ def train(epoch: int, store: dataset.ImageStore, transform: augment.PairAugment,
     world = distributed.world_size()
     batches = [distributed.rank_chunk(batch) for batch in dataset.iterate_batches(
         len(store), args.batch_size * world, shuffle=True, drop_last=True, generator=order)]
-    autocast = (torch.autocast(device.type, dtype=AMP_DTYPES[args.opt_level]) if args.amp else nullcontext())
+    autocast = util.autocast(device.type, args.amp, args.opt_level)
     start = time.time()
     bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False,
                disable=not distributed.is_main_process())

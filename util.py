@@ -1,19 +1,22 @@
 """Small shared helpers: user-facing errors, atomic writes, seeding, checkpoints, meters."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
 import subprocess
 import sys
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent
+AMP_DTYPES = {"O1": torch.float16, "O2": torch.bfloat16}
 
 
 class UserError(Exception):
@@ -69,8 +72,6 @@ def load_checkpoint(path: str | Path, allow_namespace: bool = False) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
-    import argparse
-
     safe = [argparse.Namespace] if allow_namespace else []
     try:
         with torch.serialization.safe_globals(safe):
@@ -168,3 +169,15 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine")
     return device
+
+
+def add_amp_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--amp` and `--opt_level`, shared by the three entry scripts."""
+    parser.add_argument("--amp", action="store_true", help="mixed precision with torch.amp")
+    parser.add_argument("--opt_level", choices=sorted(AMP_DTYPES), default="O2",
+                        help="with --amp: O1 = float16 autocast with a GradScaler (CUDA), O2 = bfloat16 autocast")
+
+
+def autocast(device_type: str, amp: bool, opt_level: str) -> ContextManager:
+    """`torch.autocast` with the dtype of `opt_level` when `amp`, else a no-op context."""
+    return torch.autocast(device_type, dtype=AMP_DTYPES[opt_level]) if amp else nullcontext()
