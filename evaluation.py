@@ -18,6 +18,7 @@ truth, MEGC convention) from the unit files of the run's units, and refuses whil
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import hashlib
 import io
@@ -279,8 +280,8 @@ def make_optimizer(model: Classifier, args: argparse.Namespace) -> torch.optim.O
         group["lr"] = args.learning_rate * group["lr_mult"]
     if args.optimizer == "adam":
         return torch.optim.Adam(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
-    return torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.momentum,
-                           weight_decay=args.weight_decay)
+    return util.sgd(groups, lr=args.learning_rate, momentum=args.momentum,
+                    weight_decay=args.weight_decay)
 
 
 def lr_factor(epoch: int, args: argparse.Namespace) -> float:
@@ -598,29 +599,32 @@ class Evaluator:
         self.test_transform = augment.from_args(args, train=False)
         self.use_features = args.freeze_encoder and not args.augment
         self._features: dict[int, Tensor] = {}
-        self._initial: dict[int, dict[str, Tensor]] = {}
+        self._initial: dict[int, TwoViewEncoder] = {}
 
-    def initial_state(self, seed: int) -> dict[str, Tensor]:
-        """The encoder weights every unit of `seed` starts from (checkpoint, or seeded random)."""
+    def initial_encoder(self, seed: int) -> TwoViewEncoder:
+        """The encoder every unit of `seed` starts from (checkpoint, or seeded random), built once
+        per run (once per seed for a random encoder) and never trained: units train copies."""
         key = seed if self.spec.state is None else -1
         if key not in self._initial:
-            self._initial[key] = {k: v.clone() for k, v in self.spec.build(seed).state_dict().items()}
+            self._initial[key] = self.spec.build(seed).requires_grad_(False)
         return self._initial[key]
 
+    def initial_state(self, seed: int) -> dict[str, Tensor]:
+        """The weights and buffers of `initial_encoder(seed)`."""
+        return self.initial_encoder(seed).state_dict()
+
     def new_extractor(self, seed: int) -> FeatureExtractor:
-        """A fresh encoder holding a copy of the initial weights (built on the meta device: no
-        wasted random init), wrapped at `--layer`, on the run's device."""
-        with torch.device("meta"):
-            encoder = build_model(self.spec.name, self.spec.feat_dim)
-        state = {k: v.to(self.device, copy=True) for k, v in self.initial_state(seed).items()}
-        encoder.load_state_dict(state, assign=True)
-        return FeatureExtractor(encoder, self.args.layer)
+        """A fresh copy of the initial encoder (a copy, not a new random init: cheaper, and the
+        same weights), wrapped at `--layer`, on the run's device, channels-last as the images
+        `images` returns (see `pretrain.set_model`)."""
+        encoder = copy.deepcopy(self.initial_encoder(seed)).requires_grad_(True)
+        return FeatureExtractor(encoder.to(self.device, memory_format=torch.channels_last), self.args.layer)
 
     def images(self, index: Tensor, train: bool, generator: torch.Generator | None = None) -> Tensor:
         """Network input (B,4,H,W) of store samples `index` (B,): augmented or the test transform."""
         transform = self.train_transform if train and self.args.augment else self.test_transform
         x = transform(*self.store.batch(index, self.device), generator=generator)
-        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+        return x.contiguous(memory_format=torch.channels_last)
 
     @contextmanager
     def head_only_threads(self) -> Iterator[None]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import random
@@ -23,8 +24,33 @@ class UserError(Exception):
     """Bad input the user can fix. The message is one line naming the file (and line) at fault."""
 
 
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory in the heap instead of returning it to the kernel.
+
+    By default glibc serves every large block (an activation, a gradient) from a fresh mmap and
+    unmaps it when freed, so each training step pays page faults to get the same memory back.
+    With mmap off and a 2 GiB trim threshold the blocks are reused (the gain is measured by
+    `scripts/bench_pretrain.py --allocator`, see README.md). Does nothing where the C library
+    is not glibc, or when the user set `MALLOC_MMAP_MAX_` or `MALLOC_TRIM_THRESHOLD_` (their
+    values win). Returns whether it changed the settings.
+    """
+    if not sys.platform.startswith("linux") or {"MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
 def run_cli(main: Callable[[], Any]) -> None:
-    """Run an entry point; a `UserError` becomes one `error: ...` line on stderr and exit code 2."""
+    """Run an entry point (after `keep_freed_memory`); a `UserError` becomes one `error: ...` line
+    on stderr and exit code 2."""
+    keep_freed_memory()
     try:
         main()
     except UserError as err:
@@ -169,6 +195,15 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine")
     return device
+
+
+def sgd(params, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD with the fused update kernel where torch has one (CPU and CUDA): one pass over each
+    parameter instead of separate weight-decay, momentum and update passes (the same update)."""
+    params = list(params)
+    devices = {p.device.type for group in params for p in (group["params"] if isinstance(group, dict) else [group])}
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           fused=devices <= {"cpu", "cuda"})
 
 
 def add_amp_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

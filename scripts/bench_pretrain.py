@@ -1,22 +1,34 @@
 """Pre-training throughput, compute ceiling and memory-bank footprint (a benchmark, not a test).
 
     python scripts/bench_pretrain.py                 # alexnet and resnet18v1, 224 px, batch 32
-    python scripts/bench_pretrain.py --compare       # also the re-created published data pipeline
+    python scripts/bench_pretrain.py --compare       # also the published pipeline and per-epoch LOSO
     python scripts/bench_pretrain.py --models '' --memory   # peak RSS for banks of 10k, 100k and 1M rows
+    python scripts/bench_pretrain.py --models '' --compare  # only the LOSO comparison
 
-Every figure drives the real training step (`pretrain.train`: both encoders trained, NCE loss,
-memory update) and differs only in where the batches come from:
-- full step: this suite's pipeline (images decoded once, batched augmentation);
-- compute only: one pre-augmented batch served again and again (no data cost);
-- published (--compare): a faithful re-creation of the published pipeline: PIL decode and
-  per-sample torchvision transforms (CenterCrop, RandomGrayscale, ColorJitter, flip, drawn
-  independently per view) in two DataLoader workers, every epoch.
-The compute ceiling is model FLOPs per image (forward + backward, both views, counted by
-`torch.utils.flop_counter`) divided into the measured fp32 matmul GFLOP/s.
+All figures train the same model with the same loss (both encoders trained, NCE, memory update),
+224 px, batch 32 by default:
+- full step: this suite's `pretrain.train` with its pipeline (images decoded once, batched
+  augmentation, channels-last, fused SGD);
+- compute only: the same step on one pre-augmented batch served again and again (no data cost);
+- published (--compare): a re-creation of the published pipeline: PIL decode and per-sample
+  torchvision transforms (CenterCrop, RandomGrayscale, ColorJitter, flip, drawn independently per
+  view) in two DataLoader workers every epoch, an NCHW model and torch.optim.SGD's default update;
+- with --compare, the full step again in a child process left with glibc's default allocator
+  settings: the gain of `util.keep_freed_memory`, which the entry scripts (and this script, for
+  every other figure, the published pipeline's included) apply at start-up;
+- with --compare, the frozen-encoder LOSO of the default 10-subject synthetic dataset twice at the
+  same epoch budget: features extracted once per run (what fine-tune_CVSCL.py --freeze_encoder
+  does) and the frozen encoder run on every batch of every epoch; both must predict the same.
+--amp trains every pipeline with bfloat16 autocast. The compute ceiling is model FLOPs per image
+(forward + backward, both views, counted by `torch.utils.flop_counter`) divided into the measured
+fp32 matmul GFLOP/s.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import json
 import subprocess
 import sys
 import tempfile
@@ -29,9 +41,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from unittest import mock  # noqa: E402
 
 import augment  # noqa: E402
 import dataset  # noqa: E402
+import evaluation  # noqa: E402
+import finetune  # noqa: E402
 import pretrain  # noqa: E402
 import synthetic  # noqa: E402
 import util  # noqa: E402
@@ -103,25 +118,6 @@ class PublishedPairs(torch.utils.data.Dataset):
         return rgb, depth
 
 
-class LoaderStore:
-    """Adapts a DataLoader to the store interface: each `batch` call takes the loader's next batch."""
-
-    def __init__(self, loader: torch.utils.data.DataLoader, n: int) -> None:
-        self.loader, self.n = loader, n
-        self.iterator = iter(loader)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def batch(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        try:
-            rgb, depth = next(self.iterator)
-        except StopIteration:
-            self.iterator = iter(self.loader)
-            rgb, depth = next(self.iterator)
-        return rgb.to(device), depth.to(device)
-
-
 def make_data(out: Path, image_size: int, n_pairs: int) -> list[dataset.Sample]:
     """A synthetic pool of at least `n_pairs` pairs decoded at `image_size * 8/7`."""
     subjects = 8
@@ -131,13 +127,17 @@ def make_data(out: Path, image_size: int, n_pairs: int) -> list[dataset.Sample]:
     return dataset.load_pool(out / "data", out)
 
 
+def training_args(name: str, opts: argparse.Namespace) -> argparse.Namespace:
+    return pretrain.parse_option(["--data_folder", str(opts.data), "--model_path", "unused", "--tb_path", "unused",
+                                  "--model", name, "--batch_size", str(opts.batch_size), "--image_size",
+                                  str(opts.image_size), "--epochs", "1", "--num_workers", "2", "--print_freq",
+                                  "1000000", *(["--amp"] if opts.amp else [])])
+
+
 def throughput(name: str, samples: list[dataset.Sample], opts: argparse.Namespace, gflops: float) -> dict:
-    """Images/s of the three pipelines for one model."""
+    """Images/s of this suite's training step, with its data pipeline and without data cost."""
     n = opts.batch_size * opts.steps
-    args = pretrain.parse_option(["--data_folder", str(opts.data), "--model_path", "unused", "--tb_path",
-                                  "unused", "--model", name, "--batch_size", str(opts.batch_size),
-                                  "--image_size", str(opts.image_size), "--epochs", "1",
-                                  "--num_workers", "2", "--print_freq", "1000000"])
+    args = training_args(name, opts)
     device = util.pick_device("auto")
     util.set_seed(0)
     model, contrast, criterion = pretrain.set_model(args, n, device)
@@ -157,15 +157,87 @@ def throughput(name: str, samples: list[dataset.Sample], opts: argparse.Namespac
     result = {"model": name, "gflop_per_image": gflop,
               "full_step": rate(store, augment.from_args(args, train=True)),
               "compute_only": rate(PreloadedStore(store_x, n), concat_views)}
-    if opts.compare:
-        loader = torch.utils.data.DataLoader(PublishedPairs(samples[:n], args.image_size),
-                                             batch_size=opts.batch_size, shuffle=True, num_workers=2,
-                                             drop_last=True, persistent_workers=True)
-        result["published"] = rate(LoaderStore(loader, n), concat_views)
-        result["speedup_vs_published"] = result["full_step"] / result["published"]
     result["ceiling"] = gflops / gflop
     result["fraction_of_ceiling"] = result["full_step"] / result["ceiling"]
     return result
+
+
+def published_throughput(name: str, samples: list[dataset.Sample], opts: argparse.Namespace) -> float:
+    """Images/s of the published training loop driving the same model and loss: batches from
+    `PublishedPairs` in two DataLoader workers, an NCHW model, torch.optim.SGD's default update."""
+    n = opts.batch_size * opts.steps
+    args = training_args(name, opts)
+    device = util.pick_device("auto")
+    util.set_seed(0)
+    model, contrast, criterion = pretrain.set_model(args, n, device)
+    model = model.to(memory_format=torch.contiguous_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    autocast = util.autocast(device.type, args.amp, args.opt_level)
+    loader = torch.utils.data.DataLoader(PublishedPairs(samples[:n], args.image_size), batch_size=opts.batch_size,
+                                         shuffle=True, num_workers=2, drop_last=True, persistent_workers=True)
+    index = torch.arange(opts.batch_size, device=device)
+
+    def epoch() -> None:
+        for rgb, depth in loader:
+            with autocast:
+                feat_rgb, feat_depth = model(torch.cat([rgb, depth], dim=1).to(device))
+            out_rgb, out_depth = contrast(feat_rgb.float(), feat_depth.float(), index)
+            loss = criterion(out_rgb) + criterion(out_depth)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    epoch()  # warm-up: workers started, buffers allocated
+    start = time.perf_counter()
+    epoch()
+    return n / (time.perf_counter() - start)
+
+
+def glibc_default_rates(opts: argparse.Namespace) -> dict[str, float]:
+    """Full-step images/s per model measured in a child process left with glibc's default
+    allocator settings (`util.keep_freed_memory` not applied)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rates.json"
+        subprocess.run([sys.executable, __file__, "--glibc_defaults", "--models", opts.models, "--batch_size",
+                        str(opts.batch_size), "--image_size", str(opts.image_size), "--steps", str(opts.steps),
+                        "--json", str(out), *(["--amp"] if opts.amp else [])],
+                       check=True, stdout=subprocess.DEVNULL)
+        return {r["model"]: r["full_step"] for r in json.loads(out.read_text())["models"]}
+
+
+class PerEpochExtraction(evaluation.Evaluator):
+    """The frozen encoder re-run on every training batch of every epoch, as the published code
+    does: the path that extracting features once avoids."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.use_features = False
+
+
+def loso_speedup(out: Path, epochs: int) -> dict:
+    """Seconds of the 10-subject frozen LOSO with features once and with per-epoch extraction."""
+    synthetic.generate_dataset(out / "data", seed=0)
+    argv = ["--data_folder", str(out / "data"), "--model_path", "none", "--model", "alexnet", "--freeze_encoder",
+            "--image_size", "64", "--num_workers", "0", "--no_progress", "--epochs", str(epochs),
+            "--save_path", str(out / "eval")]
+    timings, predictions = {}, {}
+    with contextlib.redirect_stdout(io.StringIO()):  # untimed: the one-off imports a first run pays
+        finetune.main([*argv, "--run_name", "warm_up", "--epochs", "1"])
+    for name in ("once", "every_epoch"):
+        patch = mock.patch.object(evaluation, "Evaluator", PerEpochExtraction if name == "every_epoch"
+                                  else evaluation.Evaluator)
+        start = time.perf_counter()
+        with patch, contextlib.redirect_stdout(io.StringIO()):  # per-subject lines: in the run's log.txt
+            results = finetune.main([*argv, "--run_name", name])
+        timings[name] = time.perf_counter() - start
+        predictions[name] = (out / "eval" / name / "predictions.csv").read_text()
+        print(f"frozen LOSO, features {name.replace('_', ' ')}: {timings[name]:.1f} s, UAR {results['uar']:.4f}",
+              flush=True)
+    return {"epochs": epochs, "subjects": len(results["per_subject"]), "seconds_once": timings["once"],
+            "seconds_every_epoch": timings["every_epoch"],
+            "speedup": timings["every_epoch"] / timings["once"],
+            "same_predictions": predictions["once"] == predictions["every_epoch"]}
 
 
 def memory_child(n_rows: int, bank_dtype: str) -> None:
@@ -203,30 +275,52 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
-    parser.add_argument("--compare", action="store_true", help="also time the re-created published pipeline")
+    parser.add_argument("--compare", action="store_true",
+                        help="also time the re-created published pipeline and per-epoch LOSO extraction")
     parser.add_argument("--memory", action="store_true", help="peak RSS for banks of 10k/100k/1M rows")
+    parser.add_argument("--amp", action="store_true",
+                        help="train with --amp (bfloat16 autocast; float16 needs CUDA) in every pipeline")
+    parser.add_argument("--loso_epochs", type=int, default=finetune.DEFAULTS.epochs,
+                        help="epoch budget of the LOSO comparison")
     parser.add_argument("--json", type=str, default=None, help="write the results here too")
+    parser.add_argument("--glibc_defaults", action="store_true",
+                        help="leave glibc's allocator settings alone (the entry scripts change them)")
     parser.add_argument("--memory_child", nargs=2, help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.memory_child:
+        util.keep_freed_memory()
         memory_child(int(opts.memory_child[0]), opts.memory_child[1])
         return
+    tuned = not opts.glibc_defaults and util.keep_freed_memory()
     gflops = matmul_gflops()
-    print(f"fp32 matmul: {gflops:.1f} GFLOP/s, {torch.get_num_threads()} threads")
-    results: dict = {"matmul_gflops": gflops, "models": []}
+    print(f"fp32 matmul: {gflops:.1f} GFLOP/s, {torch.get_num_threads()} threads; glibc allocator "
+          + ("keeps freed memory (as the entry scripts)" if tuned else "with its default settings")
+          + ("; models trained with bfloat16 autocast (the ceiling stays fp32's)" if opts.amp else ""), flush=True)
+    results: dict = {"matmul_gflops": gflops, "amp": opts.amp, "allocator_tuned": tuned, "models": []}
     models = [m for m in opts.models.split(",") if m]
+    default_allocator = glibc_default_rates(opts) if opts.compare and models and tuned else {}
     with tempfile.TemporaryDirectory() as tmp:
         opts.data = Path(tmp)
         samples = make_data(opts.data, opts.image_size, opts.batch_size * opts.steps) if models else []
         for name in models:
             r = throughput(name, samples, opts, gflops)
-            results["models"].append(r)
             line = (f"{name}: {r['gflop_per_image']:.2f} GFLOP/image, full step {r['full_step']:.1f} images/s, "
                     f"compute only {r['compute_only']:.1f}, ceiling {r['ceiling']:.1f} "
                     f"({r['fraction_of_ceiling']:.2f} of it)")
             if opts.compare:
-                line += f", published pipeline {r['published']:.1f} (ours x{r['speedup_vs_published']:.2f})"
+                r["published"] = published_throughput(name, samples, opts)
+                r["speedup_vs_published"] = r["full_step"] / r["published"]
+                line += f"; published pipeline {r['published']:.1f} (ours x{r['speedup_vs_published']:.2f})"
+            if name in default_allocator:
+                r["full_step_glibc_defaults"] = default_allocator[name]
+                line += (f"; full step with glibc's default allocator {default_allocator[name]:.1f} "
+                         f"(x{r['full_step'] / default_allocator[name]:.2f} from keeping freed memory)")
+            results["models"].append(r)
             print(line, flush=True)
+        if opts.compare:
+            results["loso"] = loso = loso_speedup(Path(tmp) / "loso", opts.loso_epochs)
+            print(f"frozen LOSO, {loso['subjects']} subjects, {loso['epochs']} epochs: features once "
+                  f"x{loso['speedup']:.1f} faster, same predictions: {loso['same_predictions']}")
     if opts.memory:
         results["memory"] = memory_table()
         for row in results["memory"]:

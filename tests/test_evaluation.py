@@ -471,6 +471,41 @@ def test_frozen_loso_keeps_encoder(synthetic_data: Path, tmp_path: Path, monkeyp
     assert {"_frozen_aug_" in name: "extracted" in log for name, log in logs.items()} == {True: False, False: True}
 
 
+def test_features_once_equal_per_epoch_extraction(synthetic_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """The frozen fast path (features extracted once per run) learns what re-running the frozen
+    encoder on every batch of every epoch learns: same losses, same predictions."""
+    path = tmp_path / "ckpt.pth"
+    save_checkpoint(path, "alexnet", published=False)
+    argv = loso_args(synthetic_data, tmp_path, "--freeze_encoder", "--epochs", "3", "--model_path", str(path))
+    finetune.main([*argv, "--run_name", "once"])
+    real_init = evaluation.Evaluator.__init__
+
+    def per_epoch_init(self, *args, **kwargs) -> None:
+        real_init(self, *args, **kwargs)
+        self.use_features = False
+
+    monkeypatch.setattr(evaluation.Evaluator, "__init__", per_epoch_init)
+    finetune.main([*argv, "--run_name", "every_epoch"])
+    once, every_epoch = unit_records(tmp_path / "once"), unit_records(tmp_path / "every_epoch")
+    assert "extracted" in (tmp_path / "once" / "log.txt").read_text()
+    assert "extracted" not in (tmp_path / "every_epoch" / "log.txt").read_text()
+    assert once.keys() == every_epoch.keys() and len(once) == 5
+    for unit, record in once.items():
+        assert record["predictions"] == every_epoch[unit]["predictions"]
+        for fast, plain in zip(record["history"], every_epoch[unit]["history"], strict=True):
+            assert fast["loss"] == pytest.approx(plain["loss"], rel=1e-4)
+
+
+def test_loso_decodes_each_image_once(synthetic_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """Full fine-tuning over every subject decodes each labeled pair once per run, not per subject."""
+    decoded = []
+    real_decode = dataset.decode_rgb
+    monkeypatch.setattr(dataset, "decode_rgb", lambda path, *a: (decoded.append(path), real_decode(path, *a))[1])
+    results = finetune.main(loso_args(synthetic_data, tmp_path))
+    assert len(results["per_subject"]) == 5
+    assert len(decoded) == len(set(decoded)) == results["n_samples"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: one line, exit code 2
 
