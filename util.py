@@ -34,7 +34,7 @@ def keep_freed_memory() -> bool:
     By default glibc serves every large block (an activation, a gradient) from a fresh mmap and
     unmaps it when freed, so each training step pays page faults to get the same memory back.
     With mmap off and a 2 GiB trim threshold the blocks are reused (the gain is measured by
-    `scripts/bench_pretrain.py --allocator`, see README.md). Does nothing where the C library
+    `scripts/bench_pretrain.py --compare`, see README.md). Does nothing where the C library
     is not glibc, or when the user set `MALLOC_MMAP_MAX_` or `MALLOC_TRIM_THRESHOLD_` (their
     values win). Returns whether it changed the settings.
     """

@@ -127,20 +127,22 @@ def make_data(out: Path, image_size: int, n_pairs: int) -> list[dataset.Sample]:
     return dataset.load_pool(out / "data", out)
 
 
-def training_args(name: str, opts: argparse.Namespace) -> argparse.Namespace:
-    return pretrain.parse_option(["--data_folder", str(opts.data), "--model_path", "unused", "--tb_path", "unused",
+def training_setup(name: str, opts: argparse.Namespace):
+    """Flags, device, model, memory and loss of one measured run, seeded alike for every pipeline."""
+    args = pretrain.parse_option(["--data_folder", str(opts.data), "--model_path", "unused", "--tb_path", "unused",
                                   "--model", name, "--batch_size", str(opts.batch_size), "--image_size",
                                   str(opts.image_size), "--epochs", "1", "--num_workers", "2", "--print_freq",
                                   "1000000", *(["--amp"] if opts.amp else [])])
+    device = util.pick_device("auto")
+    util.set_seed(0)
+    model, contrast, criterion = pretrain.set_model(args, opts.batch_size * opts.steps, device)
+    return args, device, model, contrast, criterion
 
 
 def throughput(name: str, samples: list[dataset.Sample], opts: argparse.Namespace, gflops: float) -> dict:
     """Images/s of this suite's training step, with its data pipeline and without data cost."""
     n = opts.batch_size * opts.steps
-    args = training_args(name, opts)
-    device = util.pick_device("auto")
-    util.set_seed(0)
-    model, contrast, criterion = pretrain.set_model(args, n, device)
+    args, device, model, contrast, criterion = training_setup(name, opts)
     optimizer = pretrain.set_optimizer(args, model)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     gflop = step_gflop_per_image(model, args.image_size)
@@ -166,10 +168,7 @@ def published_throughput(name: str, samples: list[dataset.Sample], opts: argpars
     """Images/s of the published training loop driving the same model and loss: batches from
     `PublishedPairs` in two DataLoader workers, an NCHW model, torch.optim.SGD's default update."""
     n = opts.batch_size * opts.steps
-    args = training_args(name, opts)
-    device = util.pick_device("auto")
-    util.set_seed(0)
-    model, contrast, criterion = pretrain.set_model(args, n, device)
+    args, device, model, contrast, criterion = training_setup(name, opts)
     model = model.to(memory_format=torch.contiguous_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
