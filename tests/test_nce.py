@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from NCE import ContrastMemory, NCECriterion, NCESoftmaxLoss
+from NCE import memory as memory_module
 
 FEAT_DIM = 8
 EPS = 1e-7
@@ -103,6 +104,30 @@ def test_memory_and_losses_match_loop_reference(k: int, t: float, batch: int, n_
         for i, j in enumerate(index.tolist()):
             expected_bank[j] = ref_momentum(old[j], feats[i].tolist(), 0.5)
         torch.testing.assert_close(bank, torch.tensor(expected_bank), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("bank_dtype", [torch.float32, torch.float16])
+def test_dense_and_gathered_scoring_agree_in_value_and_gradient(bank_dtype: torch.dtype) -> None:
+    bank = unit_rows(40).to(bank_dtype)
+    idx = torch.randint(40, (6, 33))
+    results = []
+    for dense in (False, True):
+        feat = unit_rows(6).requires_grad_(True) if not results else results[0][2].detach().requires_grad_(True)
+        scores = memory_module._score(feat, bank, idx, dense)
+        (scores * torch.linspace(-1, 1, 33)).sum().backward()
+        results.append((scores.detach(), feat.grad, feat))
+    assert results[0][0].dtype == results[1][0].dtype == torch.float32
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-6, atol=1e-6)
+
+
+def test_small_banks_are_scored_densely_large_ones_by_gathering(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+    score = memory_module._score
+    monkeypatch.setattr(memory_module, "_score", lambda *a: seen.append(a[3]) or score(*a))
+    for n_data in (16 * 9, 16 * 9 + 1):
+        ContrastMemory(FEAT_DIM, n_data, 8, 0.07, 0.5)(unit_rows(4), unit_rows(4), torch.arange(4))
+    assert seen == [True, True, False, False]
 
 
 def test_banks_start_and_stay_unit_norm() -> None:
