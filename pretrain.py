@@ -290,7 +290,11 @@ def main(argv: list[str] | None = None) -> Path:
     device = distributed.init_distributed_mode(args)
     try:
         with distributed.stdout_on_main_process():
-            return run(args, device)
+            folder = run(args, device)
+        # Only after success: a rank that leaves while a peer still finishes the last collective
+        # makes gloo abort the peer; after an error, leaving at once makes the peers fail fast.
+        distributed.barrier()
+        return folder
     finally:
         distributed.destroy()
 

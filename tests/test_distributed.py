@@ -132,7 +132,8 @@ def _helper_worker(rank: int, rendezvous: str, out_dir: str) -> None:
                 "gathered": distributed.all_gather_cat(torch.full((rank + 1,), float(rank))),
                 "objects": distributed.all_gather_object({"rank": rank, "state": torch.full((2,), rank)}),
                 "chunk": distributed.rank_chunk(torch.arange(6))}, Path(out_dir) / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    distributed.barrier()  # as pretrain.main: no rank leaves while the other finishes a collective
+    distributed.destroy()
 
 
 def test_two_process_helpers_and_banks(tmp_path: Path) -> None:
