@@ -52,11 +52,15 @@ class PairAugment:
         rgb = F.grid_sample(rgb, grid, mode="bilinear", padding_mode="border", align_corners=False)
         depth = F.grid_sample(depth, grid, mode="bilinear", padding_mode="border", align_corners=False)
         if self.train and self.jitter > 0:
-            rgb = self._jitter_rgb(rgb, generator)
-            depth = self._amplitude(depth, generator)
-        mean = torch.tensor([*self.rgb_mean, self.depth_mean], device=rgb.device).view(1, 4, 1, 1)
+            self._jitter_rgb_(rgb, generator)
+            self._amplitude_(depth, generator)
+        # Normalised straight into the (B,4,H,W) output: one pass per view, no concatenation.
         std = torch.tensor([*self.rgb_std, self.depth_std], device=rgb.device).view(1, 4, 1, 1)
-        return (torch.cat([rgb, depth], dim=1) - mean) / std
+        mean = torch.tensor([*self.rgb_mean, self.depth_mean], device=rgb.device).view(1, 4, 1, 1)
+        x = torch.empty(batch, 4, self.image_size, self.image_size, device=rgb.device)
+        torch.addcmul(-mean[:, :3] / std[:, :3], rgb, 1 / std[:, :3], out=x[:, :3])
+        torch.addcmul(-mean[:, 3:] / std[:, 3:], depth, 1 / std[:, 3:], out=x[:, 3:])
+        return x
 
     def crop_theta(self, batch: int, load_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Affine matrices (B, 2, 3) mapping output to input coordinates in [-1, 1].
@@ -98,20 +102,30 @@ class PairAugment:
         lo = max(0.0, 1 - self.jitter)
         return torch.empty(batch).uniform_(lo, 1 + self.jitter, generator=generator).to(device).view(-1, 1, 1, 1)
 
-    def _amplitude(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Scale each sample's change around mid-grey by a factor in [1 - jitter, 1 + jitter]."""
-        return ((x - 0.5) * self._factors(x.shape[0], generator, x.device) + 0.5).clamp(0, 1)
+    def _amplitude_(self, x: torch.Tensor, generator: torch.Generator | None) -> None:
+        """In place on x (B,C,H,W): scale each sample's change around mid-grey by a factor in
+        [1 - jitter, 1 + jitter], i.e. x * f + 0.5 (1 - f), clamped to [0, 1]."""
+        factor = self._factors(x.shape[0], generator, x.device)
+        torch.addcmul(0.5 * (1 - factor), x, factor, out=x).clamp_(0, 1)
 
-    def _jitter_rgb(self, rgb: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _jitter_rgb_(self, rgb: torch.Tensor, generator: torch.Generator | None) -> None:
+        """In place on rgb (B,3,H,W): amplitude, then saturation (each channel mixed with the
+        grey change: rgb * s + grey (1 - s), clamped), then random grayscale."""
         b = rgb.shape[0]
-        weights = torch.tensor([0.299, 0.587, 0.114], device=rgb.device).view(1, 3, 1, 1)
-        rgb = self._amplitude(rgb, generator)
-        gray = (rgb * weights).sum(1, keepdim=True)
-        rgb = ((rgb - gray) * self._factors(b, generator, rgb.device) + gray).clamp(0, 1)
+        self._amplitude_(rgb, generator)
+        saturation = self._factors(b, generator, rgb.device)
+        gray = _gray(rgb)
+        rgb.mul_(saturation).add_(gray.mul_(1 - saturation)).clamp_(0, 1)
         if self.grayscale_p > 0:
-            to_gray = (torch.rand(b, generator=generator) < self.grayscale_p).to(rgb.device).view(-1, 1, 1, 1)
-            rgb = torch.where(to_gray, (rgb * weights).sum(1, keepdim=True).expand_as(rgb), rgb)
-        return rgb
+            chosen = (torch.rand(b, generator=generator) < self.grayscale_p).nonzero()[:, 0].to(rgb.device)
+            picked = rgb.index_select(0, chosen)
+            rgb.index_copy_(0, chosen, _gray(picked).expand_as(picked))
+
+
+def _gray(rgb: torch.Tensor) -> torch.Tensor:
+    """Luma (B,1,H,W) of rgb (B,3,H,W) with ITU-R 601 weights."""
+    weights = torch.tensor([0.299, 0.587, 0.114], device=rgb.device).view(1, 3, 1, 1)
+    return (rgb * weights).sum(1, keepdim=True)
 
 
 def add_augment_args(parser: argparse.ArgumentParser, crop_low: float, jitter: float,

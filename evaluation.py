@@ -615,16 +615,15 @@ class Evaluator:
 
     def new_extractor(self, seed: int) -> FeatureExtractor:
         """A fresh copy of the initial encoder (a copy, not a new random init: cheaper, and the
-        same weights), wrapped at `--layer`, on the run's device, channels-last as the images
-        `images` returns (see `pretrain.set_model`)."""
+        same weights), wrapped at `--layer`, on the run's device, channels-last (see
+        `pretrain.set_model`)."""
         encoder = copy.deepcopy(self.initial_encoder(seed)).requires_grad_(True)
         return FeatureExtractor(encoder.to(self.device, memory_format=torch.channels_last), self.args.layer)
 
     def images(self, index: Tensor, train: bool, generator: torch.Generator | None = None) -> Tensor:
         """Network input (B,4,H,W) of store samples `index` (B,): augmented or the test transform."""
         transform = self.train_transform if train and self.args.augment else self.test_transform
-        x = transform(*self.store.batch(index, self.device), generator=generator)
-        return x.contiguous(memory_format=torch.channels_last)
+        return transform(*self.store.batch(index, self.device), generator=generator)
 
     @contextmanager
     def head_only_threads(self) -> Iterator[None]:

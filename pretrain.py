@@ -111,6 +111,8 @@ def set_model(args: argparse.Namespace, n_data: int, device: torch.device):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     # Channels-last on every device: oneDNN's CPU convolutions and batch norms run it 1.3-1.6x
     # faster than NCHW (measured by scripts/bench_pretrain.py), cuDNN's tensor-core kernels too.
+    # Inputs stay NCHW: each view's first convolution converts its channel slice, one copy per
+    # view; a channels-last (B,4,H,W) input would cost one more, as its slices are strided.
     model = model.to(device, memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -152,7 +154,7 @@ def train(epoch: int, store: dataset.ImageStore, transform: augment.PairAugment,
     bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False,
                disable=not distributed.is_main_process())
     for step, index in enumerate(bar, start=1):
-        x = transform(*store.batch(index, device)).contiguous(memory_format=torch.channels_last)
+        x = transform(*store.batch(index, device))
         index = index.to(device, non_blocking=True)
         with autocast:
             feat_rgb, feat_depth = model(x)

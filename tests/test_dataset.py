@@ -198,6 +198,31 @@ def test_geometric_draw_shared_by_both_views():
         assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.99
 
 
+def test_photometric_jitter_matches_per_sample_reference():
+    """The in-place batched jitter against the per-pixel formulas, with the same random draws."""
+    rgb = torch.rand(12, 3, 8, 8)
+    out = rgb.clone()
+    aug = _augment(True, jitter=0.6, grayscale_p=0.5)
+    aug._jitter_rgb_(out, torch.Generator().manual_seed(3))
+    draws = torch.Generator().manual_seed(3)
+    amplitude = torch.empty(12).uniform_(0.4, 1.6, generator=draws)
+    saturation = torch.empty(12).uniform_(0.4, 1.6, generator=draws)
+    to_gray = torch.rand(12, generator=draws) < 0.5
+    assert 0 < to_gray.sum() < 12
+    for i in range(12):
+        changed = ((rgb[i] - 0.5) * amplitude[i] + 0.5).clamp(0, 1)
+        luma = 0.299 * changed[0] + 0.587 * changed[1] + 0.114 * changed[2]
+        expected = ((changed - luma) * saturation[i] + luma).clamp(0, 1)
+        if to_gray[i]:
+            expected = (0.299 * expected[0] + 0.587 * expected[1] + 0.114 * expected[2]).expand(3, -1, -1)
+        torch.testing.assert_close(out[i], expected, rtol=0, atol=1e-6)
+    depth = torch.rand(12, 1, 8, 8)
+    scaled = depth.clone()
+    aug._amplitude_(scaled, torch.Generator().manual_seed(4))
+    factor = torch.empty(12).uniform_(0.4, 1.6, generator=torch.Generator().manual_seed(4)).view(-1, 1, 1, 1)
+    torch.testing.assert_close(scaled, ((depth - 0.5) * factor + 0.5).clamp(0, 1), rtol=0, atol=1e-6)
+
+
 def test_crop_statistics_match_random_resized_crop():
     torch.manual_seed(0)
     theta = _augment(True, crop_low=0.2).crop_theta(20000, 72)
