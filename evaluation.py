@@ -710,8 +710,10 @@ class Evaluator:
         history = []
         for epoch in range(1, args.epochs + 1):
             model.train()
-            loss_meter, acc_meter = util.AverageMeter(), util.AverageMeter()
             lr = optimizer.param_groups[0]["lr"]
+            # Per-step values stay tensors until the epoch ends: reading each one back costs
+            # more than a step of a linear head on cached features.
+            losses, sizes, logits_seen, targets_seen = [], [], [], []
             for batch in dataset.iterate_batches(len(train_index), args.batch_size, True, False, generator):
                 if len(batch) < 2:
                     continue
@@ -721,16 +723,20 @@ class Evaluator:
                 with self.autocast():
                     logits = model(x).float()
                 loss = criterion(logits, target)
-                if not torch.isfinite(loss):
-                    raise util.UserError(f"{tag}: non-finite loss at epoch {epoch} (lower --learning_rate)")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                loss_meter.update(loss.item(), len(batch))
-                acc_meter.update((logits.argmax(1) == target).float().mean().item(), len(batch))
+                losses.append(loss.detach())
+                sizes.append(len(batch))
+                logits_seen.append(logits.detach())
+                targets_seen.append(target)
+            mean_loss = float(torch.stack(losses).cpu() @ torch.tensor(sizes, dtype=torch.float32)) / sum(sizes)
+            if not math.isfinite(mean_loss):
+                raise util.UserError(f"{tag}: non-finite loss at epoch {epoch} (lower --learning_rate)")
+            train_acc = (torch.cat(logits_seen).argmax(1) == torch.cat(targets_seen)).float().mean().item()
             scheduler.step()
-            history.append({"epoch": epoch, "loss": loss_meter.avg, "train_acc": acc_meter.avg, "lr": lr})
+            history.append({"epoch": epoch, "loss": mean_loss, "train_acc": train_acc, "lr": lr})
             for name in ("loss", "train_acc", "lr"):
                 self.writer.add_scalar(f"{tag}/{name}", history[-1][name], epoch)
         return history
