@@ -20,8 +20,10 @@ All figures train the same model with the same loss (both encoders trained, NCE,
   same epoch budget: features extracted once per run (what fine-tune_CVSCL.py --freeze_encoder
   does) and the frozen encoder run on every batch of every epoch; both must predict the same.
 --amp trains every pipeline with bfloat16 autocast. The compute ceiling is model FLOPs per image
-(forward + backward, both views, counted by `torch.utils.flop_counter`) divided into the measured
-fp32 matmul GFLOP/s.
+(forward + backward, both views, counted by `torch.utils.flop_counter`) divided into the fp32
+matmul GFLOP/s, best of five 2048^2 products timed just before and five just after the full-step
+measurement: this machine's speed drifts by up to a third within minutes, so a rate measured at
+another moment would misstate the fraction.
 """
 from __future__ import annotations
 
@@ -139,8 +141,10 @@ def training_setup(name: str, opts: argparse.Namespace):
     return args, device, model, contrast, criterion
 
 
-def throughput(name: str, samples: list[dataset.Sample], opts: argparse.Namespace, gflops: float) -> dict:
-    """Images/s of this suite's training step, with its data pipeline and without data cost."""
+def throughput(name: str, samples: list[dataset.Sample], opts: argparse.Namespace) -> dict:
+    """Images/s of this suite's training step, with its data pipeline and without data cost, and
+    the fraction of the compute ceiling at the matmul rate measured just before and after the
+    full step."""
     n = opts.batch_size * opts.steps
     args, device, model, contrast, criterion = training_setup(name, opts)
     optimizer = pretrain.set_optimizer(args, model)
@@ -156,10 +160,11 @@ def throughput(name: str, samples: list[dataset.Sample], opts: argparse.Namespac
 
     store = dataset.ImageStore(samples[:n], args.load_size, workers=2)
     store_x = augment.from_args(args, train=True)(*store.batch(torch.arange(opts.batch_size)))
-    result = {"model": name, "gflop_per_image": gflop,
-              "full_step": rate(store, augment.from_args(args, train=True)),
-              "compute_only": rate(PreloadedStore(store_x, n), concat_views)}
-    result["ceiling"] = gflops / gflop
+    matmul_before = matmul_gflops(repeats=5)
+    result = {"model": name, "gflop_per_image": gflop, "full_step": rate(store, augment.from_args(args, train=True))}
+    result["matmul_gflops_around"] = max(matmul_before, matmul_gflops(repeats=5))
+    result["compute_only"] = rate(PreloadedStore(store_x, n), concat_views)
+    result["ceiling"] = result["matmul_gflops_around"] / gflop
     result["fraction_of_ceiling"] = result["full_step"] / result["ceiling"]
     return result
 
@@ -218,7 +223,7 @@ def loso_speedup(out: Path, epochs: int) -> dict:
     """Seconds of the 10-subject frozen LOSO with features once and with per-epoch extraction."""
     synthetic.generate_dataset(out / "data", seed=0)
     argv = ["--data_folder", str(out / "data"), "--model_path", "none", "--model", "alexnet", "--freeze_encoder",
-            "--image_size", "64", "--num_workers", "0", "--no_progress", "--epochs", str(epochs),
+            "--image_size", "64", "--no_progress", "--epochs", str(epochs),
             "--save_path", str(out / "eval")]
     timings, predictions = {}, {}
     with contextlib.redirect_stdout(io.StringIO()):  # untimed: the one-off imports a first run pays
@@ -302,9 +307,10 @@ def main() -> None:
         opts.data = Path(tmp)
         samples = make_data(opts.data, opts.image_size, opts.batch_size * opts.steps) if models else []
         for name in models:
-            r = throughput(name, samples, opts, gflops)
+            r = throughput(name, samples, opts)
             line = (f"{name}: {r['gflop_per_image']:.2f} GFLOP/image, full step {r['full_step']:.1f} images/s, "
-                    f"compute only {r['compute_only']:.1f}, ceiling {r['ceiling']:.1f} "
+                    f"compute only {r['compute_only']:.1f}, ceiling {r['ceiling']:.1f} at the "
+                    f"{r['matmul_gflops_around']:.0f} GFLOP/s matmul measured around it "
                     f"({r['fraction_of_ceiling']:.2f} of it)")
             if opts.compare:
                 r["published"] = published_throughput(name, samples, opts)
