@@ -4,6 +4,7 @@
     python scripts/bench_pretrain.py --compare       # also the published pipeline and per-epoch LOSO
     python scripts/bench_pretrain.py --models '' --memory   # peak RSS for banks of 10k, 100k and 1M rows
     python scripts/bench_pretrain.py --models '' --compare  # only the LOSO comparison
+    python scripts/bench_pretrain.py --conv_bound    # how close to the ceiling the convolutions allow
 
 All figures train the same model with the same loss (both encoders trained, NCE, memory update),
 224 px, batch 32 by default:
@@ -52,6 +53,7 @@ import finetune  # noqa: E402
 import pretrain  # noqa: E402
 import synthetic  # noqa: E402
 import util  # noqa: E402
+from models import build_model  # noqa: E402
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
@@ -152,7 +154,7 @@ def throughput(name: str, samples: list[dataset.Sample], opts: argparse.Namespac
     gflop = step_gflop_per_image(model, args.image_size)
 
     def rate(store, transform) -> float:
-        pretrain.train(1, PreloadedStore(store_x, 2 * opts.batch_size), concat_views, model, contrast,
+        pretrain.train(1, PreloadedStore(store_x, min(2 * opts.batch_size, n)), concat_views, model, contrast,
                        criterion, optimizer, scaler, args, device)  # warm-up
         start = time.perf_counter()
         pretrain.train(1, store, transform, model, contrast, criterion, optimizer, scaler, args, device)
@@ -244,6 +246,60 @@ def loso_speedup(out: Path, epochs: int) -> dict:
             "same_predictions": predictions["once"] == predictions["every_epoch"]}
 
 
+def convolution_bound(name: str, opts: argparse.Namespace) -> dict:
+    """Forward + backward time of every convolution of the model on its own (channels-last,
+    batch `batch_size`, both views, input gradient except for the first layer), each shape timed
+    once (best of 3) beside a matmul of the same moment. Their sum bounds the step from below, so
+    step FLOPs / that sum / matmul rate bounds the fraction of the ceiling from above."""
+    model = build_model(name, 128)
+    shapes: dict[torch.nn.Conv2d, torch.Size] = {}
+    hooks = [m.register_forward_hook(lambda m, inputs, _: shapes.setdefault(m, inputs[0].shape) and None)
+             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    model.eval()(torch.zeros(1, 4, opts.image_size, opts.image_size))
+    model.train()
+    for hook in hooks:
+        hook.remove()
+    first = {next(m for m in branch.modules() if isinstance(m, torch.nn.Conv2d))
+             for branch in (model.rgb_to_d, model.d_to_rgb)}
+    timed: dict[tuple, tuple[float, float, float]] = {}
+    total_seconds = total_flop = 0.0
+    layers = []
+    for conv, shape in shapes.items():
+        input_grad = conv not in first
+        key = (shape[1], conv.out_channels, conv.kernel_size, conv.stride, shape[-1], input_grad)
+        if key not in timed:
+            x = torch.randn(opts.batch_size, *shape[1:]).contiguous(memory_format=torch.channels_last)
+            x.requires_grad_(input_grad)
+            weight = conv.weight.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+            out = torch.nn.functional.conv2d(x, weight, None, conv.stride, conv.padding)
+            grad = torch.randn_like(out)
+            passes = 3 if input_grad else 2
+            flop = passes * 2 * out.numel() * shape[1] // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+
+            def forward_backward() -> None:
+                y = torch.nn.functional.conv2d(x, weight, None, conv.stride, conv.padding)
+                torch.autograd.grad(y, [x, weight] if input_grad else [weight], grad)
+
+            forward_backward()
+            seconds = min(_seconds(forward_backward) for _ in range(3))
+            timed[key] = (flop, seconds, flop / seconds / 1e9 / matmul_gflops(repeats=3))
+            layers.append({"in": key[0], "out": key[1], "kernel": key[2][0], "stride": key[3][0], "size": key[4],
+                           "ms": seconds * 1e3, "fraction_of_matmul": timed[key][2]})
+        total_flop += timed[key][0]
+        total_seconds += timed[key][1]
+    step_flop = step_gflop_per_image(model, opts.image_size) * 1e9 * opts.batch_size
+    matmul = matmul_gflops(repeats=5)
+    return {"model": name, "conv_ms_per_step": total_seconds * 1e3,
+            "conv_fraction_of_matmul": total_flop / total_seconds / 1e9 / matmul,
+            "bound_on_fraction_of_ceiling": step_flop / total_seconds / 1e9 / matmul, "layers": layers}
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def memory_child(n_rows: int, bank_dtype: str) -> None:
     """Three training steps of alexnet at 64 px with a bank of `n_rows`; prints peak RSS in MiB."""
     args = pretrain.parse_option(["--data_folder", ".", "--model_path", "unused", "--tb_path", "unused",
@@ -282,6 +338,8 @@ def main() -> None:
     parser.add_argument("--compare", action="store_true",
                         help="also time the re-created published pipeline and per-epoch LOSO extraction")
     parser.add_argument("--memory", action="store_true", help="peak RSS for banks of 10k/100k/1M rows")
+    parser.add_argument("--conv_bound", action="store_true",
+                        help="time each model's convolutions on their own: how close to the ceiling a step can get")
     parser.add_argument("--amp", action="store_true",
                         help="train with --amp (bfloat16 autocast; float16 needs CUDA) in every pipeline")
     parser.add_argument("--loso_epochs", type=int, default=finetune.DEFAULTS.epochs,
@@ -326,6 +384,16 @@ def main() -> None:
             results["loso"] = loso = loso_speedup(Path(tmp) / "loso", opts.loso_epochs)
             print(f"frozen LOSO, {loso['subjects']} subjects, {loso['epochs']} epochs: features once "
                   f"x{loso['speedup']:.1f} faster, same predictions: {loso['same_predictions']}")
+    if opts.conv_bound:
+        results["conv_bound"] = [convolution_bound(name, opts) for name in models]
+        for row in results["conv_bound"]:
+            slowest = min(row["layers"], key=lambda layer: layer["fraction_of_matmul"])
+            print(f"{row['model']}: its convolutions alone take {row['conv_ms_per_step']:.0f} ms per step of "
+                  f"{opts.batch_size} (forward + backward, both views) at {row['conv_fraction_of_matmul']:.2f} of "
+                  f"the matmul rate, so a step reaches at most {row['bound_on_fraction_of_ceiling']:.2f} of the "
+                  f"ceiling; least efficient: {slowest['in']}->{slowest['out']} {slowest['kernel']}x"
+                  f"{slowest['kernel']}/{slowest['stride']} on {slowest['size']} px at "
+                  f"{slowest['fraction_of_matmul']:.2f}")
     if opts.memory:
         results["memory"] = memory_table()
         for row in results["memory"]:
