@@ -109,8 +109,8 @@ def set_model(args: argparse.Namespace, n_data: int, device: torch.device):
     model = build_model(args.model, feat_dim=args.feat_dim)
     if args.sync_bn and distributed.is_distributed():
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # Channels-last on every device: oneDNN's CPU convolutions and batch norms run it 1.3-1.6x
-    # faster than NCHW (measured by scripts/bench_pretrain.py), cuDNN's tensor-core kernels too.
+    # Channels-last on every device: the layout oneDNN's CPU convolutions and batch norms and
+    # cuDNN's tensor-core kernels work in, so no layer converts its activations.
     # Inputs stay NCHW: each view's first convolution converts its channel slice, one copy per
     # view; a channels-last (B,4,H,W) input would cost one more, as its slices are strided.
     model = model.to(device, memory_format=torch.channels_last)
