@@ -37,6 +37,9 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--print_freq", type=int, default=10, help="steps between progress-bar updates of the loss")
     parser.add_argument("--save_freq", type=int, default=10, help="epochs between numbered checkpoints")
+    parser.add_argument("--last_interval", type=float, default=300,
+                        help="seconds between saves of last.pth, the resume point, which is also saved with "
+                             "every numbered checkpoint and after the last epoch; 0 = after every epoch")
     parser.add_argument("--batch_size", type=int, default=128,
                         help="pairs per process and step; the global batch is this times the number of processes")
     parser.add_argument("--epochs", type=int, default=240)
@@ -258,12 +261,18 @@ def load_store(pool: list[dataset.Sample], args: argparse.Namespace) -> dataset.
 
 
 class Recorder:
-    """Rank 0's outputs: TensorBoard scalars, `log.jsonl`, numbered checkpoints and `last.pth`."""
+    """Rank 0's outputs: TensorBoard scalars, `log.jsonl`, numbered checkpoints and `last.pth`.
+
+    `last.pth` is rewritten at most every `--last_interval` seconds (and with each numbered
+    checkpoint): a checkpoint of alexnet's two halves with their momentum is about 240 MB, and
+    saving it after every 2-second epoch took a tenth of the demo's time.
+    """
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.folder = Path(args.model_folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.save_freq, self.epochs = args.save_freq, args.epochs
+        self.save_freq, self.epochs, self.last_interval = args.save_freq, args.epochs, args.last_interval
+        self.last_saved = time.monotonic()
         self.writer = SummaryWriter(args.tb_folder)
         self.log = (self.folder / "log.jsonl").open("a")
 
@@ -277,9 +286,12 @@ class Recorder:
         print(f"epoch {epoch}: loss {stats['loss']:.4f} (rgb {stats['rgb_loss']:.4f}, depth "
               f"{stats['depth_loss']:.4f}), positive rgb {stats['rgb_prob']:.4f} depth "
               f"{stats['depth_prob']:.4f}, {stats['images_per_s']:.1f} images/s")
-        if epoch % self.save_freq == 0 or epoch == self.epochs:
+        numbered = epoch % self.save_freq == 0 or epoch == self.epochs
+        if numbered:
             util.atomic_save(state, self.folder / f"ckpt_epoch_{epoch}.pth")
-        util.atomic_save(state, self.folder / "last.pth")
+        if numbered or time.monotonic() - self.last_saved >= self.last_interval:
+            util.atomic_save(state, self.folder / "last.pth")
+            self.last_saved = time.monotonic()
 
     def close(self) -> None:
         self.writer.close()

@@ -87,6 +87,27 @@ def test_cli_writes_safe_checkpoints_and_logs(pool: Path, tmp_path: Path):
     assert list((tmp_path / "tb" / run.name).glob("events.out.tfevents.*"))
 
 
+@pytest.mark.parametrize("interval, saved_after", [(0, [1, 2, 3, 4, 5]), (1e9, [None, 2, 2, 4, 5])])
+def test_last_checkpoint_is_saved_every_interval_and_with_numbered_ones(tmp_path: Path, interval: float,
+                                                                        saved_after: list):
+    """last.pth after each of 5 epochs (--save_freq 2): every epoch with --last_interval 0; with a
+    long interval only with the numbered checkpoints (2, 4) and after the last epoch."""
+    args = pretrain.parse_option(["--data_folder", ".", "--model_path", str(tmp_path / "models"), "--tb_path",
+                                  str(tmp_path / "tb"), "--epochs", "5", "--save_freq", "2",
+                                  "--last_interval", str(interval)])
+    recorder = pretrain.Recorder(args)
+    last = Path(args.model_folder) / "last.pth"
+    seen = []
+    for epoch in range(1, 6):
+        stats = dict.fromkeys(pretrain.STAT_NAMES, 0.0) | {"images_per_s": 1.0}
+        recorder.epoch(epoch, stats, {"epoch": epoch})
+        seen.append(torch.load(last, weights_only=True)["epoch"] if last.exists() else None)
+    recorder.close()
+    assert seen == saved_after
+    assert sorted(p.name for p in Path(args.model_folder).glob("ckpt_epoch_*.pth")) == [
+        "ckpt_epoch_2.pth", "ckpt_epoch_4.pth", "ckpt_epoch_5.pth"]
+
+
 def test_resume_is_exact_and_flags_win(pool: Path, tmp_path: Path):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     assert cli(*run_args(pool, straight, "--epochs", "3")).returncode == 0
