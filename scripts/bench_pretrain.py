@@ -152,9 +152,8 @@ def throughput(name: str, samples: list[dataset.Sample], opts: argparse.Namespac
     def rate(store, transform) -> float:
         pretrain.train(1, PreloadedStore(store_x, min(2 * opts.batch_size, n)), concat_views, model, contrast,
                        criterion, optimizer, scaler, args, device)  # warm-up
-        start = time.perf_counter()
-        pretrain.train(1, store, transform, model, contrast, criterion, optimizer, scaler, args, device)
-        return n / (time.perf_counter() - start)
+        return n / _seconds(lambda: pretrain.train(1, store, transform, model, contrast, criterion, optimizer,
+                                                   scaler, args, device))
 
     store = dataset.ImageStore(samples[:n], args.load_size, workers=2)
     store_x = augment.from_args(args, train=True)(*store.batch(torch.arange(opts.batch_size)))
@@ -191,9 +190,7 @@ def published_throughput(name: str, samples: list[dataset.Sample], opts: argpars
             optimizer.step()
 
     epoch()  # warm-up: workers started, buffers allocated
-    start = time.perf_counter()
-    epoch()
-    return n / (time.perf_counter() - start)
+    return n / _seconds(epoch)
 
 
 def glibc_default_rates(opts: argparse.Namespace) -> dict[str, float]:
