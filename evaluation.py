@@ -41,7 +41,6 @@ from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-import augment
 import dataset
 import util
 from models import MODEL_NAMES, TwoViewEncoder, build_model
@@ -396,7 +395,7 @@ def add_eval_args(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
     group.add_argument("--no_progress", action="store_true", help="no progress bars")
     dataset.add_data_args(parser)
     parser.set_defaults(image_size=None, **{k: None for k in NORMALISATION})
-    augment.add_augment_args(parser, crop_low=0.8, jitter=0.0, grayscale_p=0.0)
+    dataset.add_augment_args(parser, crop_low=0.8, jitter=0.0, grayscale_p=0.0)
 
 
 def finish_eval_args(args: argparse.Namespace) -> EncoderSpec:
@@ -595,8 +594,8 @@ class Evaluator:
         self.n_classes = n_classes
         self.log, self.writer = log, writer
         self.save_models, self.model_dir = save_models, model_dir
-        self.train_transform = augment.from_args(args, train=True)
-        self.test_transform = augment.from_args(args, train=False)
+        self.train_transform = dataset.augment_from_args(args, train=True)
+        self.test_transform = dataset.augment_from_args(args, train=False)
         self.use_features = args.freeze_encoder and not args.augment
         self._features: dict[int, Tensor] = {}
         self._initial: dict[int, TwoViewEncoder] = {}
@@ -930,6 +929,7 @@ def run_protocol(args: argparse.Namespace, spec: EncoderSpec, protocol: Protocol
         skipped = len(args.seed_list) * len(units) - len(pending)
         log(f"run {run.root} (git {util.git_revision()}): {len(pending)} units to run, {skipped} already done")
         if pending:
+            util.keep_freed_memory()
             device = util.pick_device(args.device)
             log(f"encoder {spec.name} from {spec.source}, layer {args.layer}, "
                 f"{'frozen' if args.freeze_encoder else 'fine-tuned'}, on {device}")

@@ -1,11 +1,367 @@
-"""Pre-train DVSCL encoders on RGB/depth difference-image pairs (see README.md)."""
-import sys
+"""DVSCL pre-training: one encoder per view, a memory bank per view, NCE or softmax-NCE.
+
+Usage: `python pre-train_CVSCL.py --data_folder DIR --model_path MODELS --tb_path TB` (see README.md).
+In CMC's shape: `parse_option`, `set_model`, `set_optimizer`, `train` (one epoch), `main`.
+
+The same code runs in one process (`python pre-train_CVSCL.py`) and in many (`torchrun`): each
+rank trains on its own chunk of every global batch of `--batch_size` x world size pairs, DDP
+averages the gradients, and the memory banks stay identical on every rank (see `NCE.ContrastMemory`).
+Only rank 0 prints, writes TensorBoard, the JSON-lines log and checkpoints.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
-from pretrain import main  # noqa: E402
-from util import run_cli  # noqa: E402
+import dataset
+import util
+from models import MODEL_NAMES, build_model
+from NCE import ContrastMemory, NCECriterion, NCESoftmaxLoss
+
+CHECKPOINT_FORMAT = "dvscl-pretrain-1"
+STAT_NAMES = ("loss", "rgb_loss", "depth_loss", "rgb_prob", "depth_prob")
+
+
+def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        "pre-train_CVSCL.py", description="DVSCL pre-training on RGB/depth difference-image pairs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--print_freq", type=int, default=10, help="steps between progress-bar updates of the loss")
+    parser.add_argument("--save_freq", type=int, default=10, help="epochs between numbered checkpoints")
+    parser.add_argument("--last_interval", type=float, default=300,
+                        help="seconds between saves of last.pth, the resume point, which is also saved with "
+                             "every numbered checkpoint and after the last epoch; 0 = after every epoch")
+    parser.add_argument("--batch_size", type=int, default=128,
+                        help="pairs per process and step; the global batch is this times the number of processes")
+    parser.add_argument("--epochs", type=int, default=240)
+    parser.add_argument("--learning_rate", type=float, default=0.003)
+    parser.add_argument("--lr_decay_epochs", type=str, default="160,200", help="epochs after which the lr decays")
+    parser.add_argument("--lr_decay_rate", type=float, default=0.1)
+    parser.add_argument("--weight_decay", type=float, default=1e-4)
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    parser.add_argument("--scale_lr", action="store_true",
+                        help="multiply --learning_rate by the number of processes (linear scaling rule)")
+    parser.add_argument("--sync_bn", action="store_true",
+                        help="under torchrun on GPUs, batch-norm statistics over the global batch (SyncBatchNorm)")
+    parser.add_argument("--resume", type=str, default="", metavar="PATH", help="checkpoint to continue from")
+    parser.add_argument("--model", type=str, default="alexnet", choices=MODEL_NAMES)
+    parser.add_argument("--softmax", action="store_true", help="softmax-NCE (InfoNCE) instead of NCE")
+    parser.add_argument("--nce_k", type=int, default=4096, help="negatives per positive")
+    parser.add_argument("--nce_t", type=float, default=0.07, help="temperature")
+    parser.add_argument("--nce_m", type=float, default=0.5, help="memory-bank momentum")
+    parser.add_argument("--feat_dim", type=int, default=128, help="embedding size")
+    parser.add_argument("--exclude_self", action="store_true",
+                        help="never draw the anchor as its own negative (the original draws uniformly)")
+    parser.add_argument("--bank_dtype", choices=["float32", "float16"], default="float32",
+                        help="storage type of the memory banks (float16 halves their memory)")
+    parser.add_argument("--model_path", type=str, required=True, help="where run folders with checkpoints go")
+    parser.add_argument("--tb_path", type=str, required=True, help="where TensorBoard run folders go")
+    util.add_amp_args(parser)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--intensity_threshold", type=float, default=None,
+                        help="keep only pool pairs with intensity >= this (intensity perception)")
+    parser.add_argument("--intensity_csv", type=str, default=None, help="CSV with columns key,intensity")
+    parser.add_argument("--exclude_subjects", type=str, default="",
+                        help="comma-separated subjects (e.g. spNO1) left out of the pool")
+    dataset.add_data_args(parser)
+    dataset.add_augment_args(parser, crop_low=1.0, jitter=0.4, grayscale_p=0.2)
+    args = parser.parse_args(argv)
+    dataset.finish_data_args(args)
+    args.lr_decay_epochs = util.parse_int_list(args.lr_decay_epochs)
+    if args.batch_size < 2:
+        raise util.UserError("--batch_size must be at least 2 (batch norm needs two samples)")
+    args.method = "softmax" if args.softmax else "nce"
+    args.model_name = (f"memory_{args.method}_{args.nce_k}_{args.model}_lr_{args.learning_rate}"
+                       f"_decay_{args.weight_decay}_bsz_{args.batch_size}")
+    if args.amp:
+        args.model_name += f"_amp_{args.opt_level}"
+    args.model_name += "_view_RGB_D"
+    if args.intensity_threshold is not None:
+        args.model_name += f"_int_{args.intensity_threshold:g}"
+    args.model_folder = str(Path(args.model_path) / args.model_name)
+    args.tb_folder = str(Path(args.tb_path) / args.model_name)
+    return args
+
+
+def process_seed(seed: int, rank: int, epoch: int = 0) -> int:
+    """Seed of one process's random streams (augmentation, dropout, negative draws).
+
+    `seed + rank` at the start, so rank 0 draws what a single process draws and the other ranks
+    draw differently but reproducibly. A resume that cannot restore the saved states (another
+    world size) reseeds from the first epoch it trains, so its streams differ from the first run's.
+    """
+    return seed + rank + 1_000_003 * epoch
+
+
+def set_model(args: argparse.Namespace, n_data: int, device: torch.device):
+    """Encoders, the two-bank memory and the loss, on `device`.
+
+    With `--sync_bn` under a process group, the encoders' batch norms become SyncBatchNorm (same
+    parameter and buffer names, so checkpoints load into plain batch norm).
+    """
+    model = build_model(args.model, feat_dim=args.feat_dim)
+    if args.sync_bn and util.is_distributed():
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # Channels-last on every device: the layout oneDNN's CPU convolutions and batch norms and
+    # cuDNN's tensor-core kernels work in, so no layer converts its activations.
+    # Inputs stay NCHW: each view's first convolution converts its channel slice, one copy per
+    # view; a channels-last (B,4,H,W) input would cost one more, as its slices are strided.
+    model = model.to(device, memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    contrast = ContrastMemory(args.feat_dim, n_data, args.nce_k, args.nce_t, args.nce_m,
+                              softmax=args.softmax, exclude_self=args.exclude_self,
+                              bank_dtype=getattr(torch, args.bank_dtype)).to(device)
+    criterion = NCESoftmaxLoss() if args.softmax else NCECriterion(n_data)
+    return model, contrast, criterion.to(device)
+
+
+def set_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.optim.Optimizer:
+    return util.sgd(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
+                    weight_decay=args.weight_decay)
+
+
+def train(epoch: int, store: dataset.ImageStore, transform: dataset.PairAugment, model, contrast,
+          criterion, optimizer, scaler, args: argparse.Namespace, device: torch.device) -> dict:
+    """One epoch over the pool.
+
+    Every rank draws the same seeded permutation of the pool, cuts it into global batches of
+    `batch_size` x world size (the incomplete last one dropped) and trains on its contiguous chunk
+    of each, so all ranks take the same number of steps and together see exactly the global batch
+    a single process with the global batch size would see. `model` may be DDP-wrapped.
+
+    Returns the epoch means, over all ranks, of both views' losses and positive probabilities (the
+    model's probability that the positive is the data sample: P0 / (P0 + K/n) for NCE, softmax
+    column 0 for softmax-NCE), plus images/s over all ranks. The step values are averaged over the
+    ranks before use, so the progress bar shows global means and a non-finite loss on any rank
+    stops every rank at the same step.
+    """
+    model.train()
+    meters = {k: util.AverageMeter() for k in STAT_NAMES}
+    order = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
+    world = util.world_size()
+    batches = [util.rank_chunk(batch) for batch in dataset.iterate_batches(
+        len(store), args.batch_size * world, shuffle=True, drop_last=True, generator=order)]
+    autocast = util.autocast(device.type, args.amp, args.opt_level)
+    start = time.time()
+    bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False,
+               disable=not util.is_main_process())
+    for step, index in enumerate(bar, start=1):
+        x = transform(*store.batch(index, device))
+        index = index.to(device, non_blocking=True)
+        with autocast:
+            feat_rgb, feat_depth = model(x)
+        out_rgb, out_depth = contrast(feat_rgb.float(), feat_depth.float(), index)
+        rgb_loss, depth_loss = criterion(out_rgb), criterion(out_depth)
+        loss = rgb_loss + depth_loss
+        step_stats = torch.stack((loss, rgb_loss, depth_loss, criterion.positive_probability(out_rgb).mean(),
+                                  criterion.positive_probability(out_depth).mean()))
+        values = dict(zip(STAT_NAMES, util.all_reduce_mean(step_stats).tolist()))
+        if not math.isfinite(values["loss"]):
+            raise util.UserError(f"non-finite loss ({values['loss']}) at epoch {epoch} step {step}; "
+                                 f"the last good checkpoint in {args.model_folder} is intact")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        for name, value in values.items():
+            meters[name].update(value, index.numel())
+        if step % args.print_freq == 0 or step == len(batches):
+            bar.set_postfix(loss=f"{meters['loss'].avg:.3f}", rgb_p=f"{meters['rgb_prob'].avg:.3f}",
+                            depth_p=f"{meters['depth_prob'].avg:.3f}")
+    bar.close()
+    stats = {k: m.avg for k, m in meters.items()}
+    stats["images_per_s"] = len(batches) * args.batch_size * world / max(time.time() - start, 1e-9)
+    return stats
+
+
+def checkpoint_state(model, contrast, optimizer, scaler, epoch: int, args: argparse.Namespace,
+                     rng: list[dict]) -> dict:
+    """Everything needed to continue, as state dicts and plain data (loads with weights_only).
+
+    `model` is the bare module (not the DDP wrapper), so its keys carry no `module.` prefix; `rng`
+    holds every rank's `util.rng_state()`, in rank order.
+    """
+    plain_args = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}
+    return {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "contrast": contrast.state_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+            "args": json.loads(json.dumps(plain_args)), "rng": rng}
+
+
+def resume(path: str, model, contrast, optimizer, scaler, args: argparse.Namespace) -> int:
+    """Restore a run from `path`; returns the first epoch still to train. Flags win over stored args.
+
+    Every rank reads `path`. With the world size the checkpoint was written with, each rank gets
+    its own random state back and training continues exactly; with another world size, each rank
+    is reseeded from `--seed`, the epoch and its rank (see `process_seed`).
+    """
+    ckpt = util.load_checkpoint(path)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise util.UserError(f"{path}: not a DVSCL pre-training checkpoint (no format '{CHECKPOINT_FORMAT}')")
+    stored = ckpt["args"]
+    if stored.get("model") != args.model or stored.get("feat_dim") != args.feat_dim:
+        raise util.UserError(f"{path}: checkpoint is {stored.get('model')} feat_dim {stored.get('feat_dim')}, "
+                             f"run asks for {args.model} feat_dim {args.feat_dim}")
+    bank_rows = ckpt["contrast"]["memory_rgb"].shape[0]
+    if bank_rows != contrast.memory_rgb.shape[0]:
+        raise util.UserError(f"{path}: memory bank has {bank_rows} rows but the pool has "
+                             f"{contrast.memory_rgb.shape[0]} pairs (same lists and threshold needed)")
+    changed = sorted(k for k in ("nce_k", "nce_t", "nce_m", "learning_rate", "epochs", "batch_size")
+                     if stored.get(k) != getattr(args, k))
+    if changed:
+        print("resume: command-line values win for " +
+              ", ".join(f"{k} ({stored.get(k)} -> {getattr(args, k)})" for k in changed))
+    model.load_state_dict(ckpt["model"])
+    contrast.load_state_dict(ckpt["contrast"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    saved_rng, world = ckpt["rng"], util.world_size()
+    if isinstance(saved_rng, dict):  # written before checkpoints held one state per rank
+        saved_rng = [saved_rng]
+    if len(saved_rng) == world:
+        util.set_rng_state(saved_rng[util.rank()])
+    else:
+        util.set_seed(process_seed(args.seed, util.rank(), ckpt["epoch"] + 1))
+        print(f"resume: the checkpoint holds the random states of {len(saved_rng)} processes, this run has "
+              f"{world}: every process reseeded from --seed, the epoch and its rank (the run continues, "
+              "but not bit for bit as it would have without the change)")
+    print(f"resumed from {path} (epoch {ckpt['epoch']})")
+    return ckpt["epoch"] + 1
+
+
+def load_store(pool: list[dataset.Sample], args: argparse.Namespace) -> dataset.ImageStore:
+    """The decoded pool, whole on every rank (each rank's chunks come from all of it).
+
+    With `--cache_dir` the ranks take turns so that no two write the same memory-mapped cache:
+    rank 0 first, then the first rank of each other node (in case the folder is node-local), then
+    the rest, which open the finished cache.
+    """
+    def build() -> dataset.ImageStore:
+        return dataset.ImageStore(pool, args.load_size, args.cache_dir, args.num_workers,
+                                  progress=util.is_main_process())
+
+    if args.cache_dir is None:
+        return build()
+    turn = 0 if util.rank() == 0 else 1 if util.local_rank() == 0 else 2
+    for wave in range(3):
+        if wave == turn:
+            store = build()
+        util.barrier()
+    return store
+
+
+class Recorder:
+    """Rank 0's outputs: TensorBoard scalars, `log.jsonl`, numbered checkpoints and `last.pth`.
+
+    `last.pth` is rewritten with each numbered checkpoint and after any epoch that ends
+    `--last_interval` seconds or more after its previous save: a checkpoint of alexnet's two halves
+    with their momentum is about 240 MB, and saving it after every 2-second epoch made the demo
+    take 562 s instead of 454 s.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.folder = Path(args.model_folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.save_freq, self.epochs, self.last_interval = args.save_freq, args.epochs, args.last_interval
+        self.last_saved = time.monotonic()
+        self.writer = SummaryWriter(args.tb_folder)
+        self.log = (self.folder / "log.jsonl").open("a")
+
+    def epoch(self, epoch: int, stats: dict, state: dict) -> None:
+        """Log one epoch's `stats` and save its checkpoint `state`."""
+        for name, value in stats.items():
+            self.writer.add_scalar(name, value, epoch)
+        self.writer.flush()
+        self.log.write(json.dumps({"epoch": epoch, **stats}) + "\n")
+        self.log.flush()
+        print(f"epoch {epoch}: loss {stats['loss']:.4f} (rgb {stats['rgb_loss']:.4f}, depth "
+              f"{stats['depth_loss']:.4f}), positive rgb {stats['rgb_prob']:.4f} depth "
+              f"{stats['depth_prob']:.4f}, {stats['images_per_s']:.1f} images/s")
+        numbered = epoch % self.save_freq == 0 or epoch == self.epochs
+        if numbered:
+            util.atomic_save(state, self.folder / f"ckpt_epoch_{epoch}.pth")
+        if numbered or time.monotonic() - self.last_saved >= self.last_interval:
+            util.atomic_save(state, self.folder / "last.pth")
+            self.last_saved = time.monotonic()
+
+    def close(self) -> None:
+        self.writer.close()
+        self.log.close()
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run pre-training (in every process under torchrun); returns the run folder with the checkpoints."""
+    args = parse_option(argv)
+    util.keep_freed_memory()
+    device = util.init_distributed_mode(args)
+    try:
+        with util.stdout_on_main_process():
+            folder = run(args, device)
+        # Only after success: a rank that leaves while a peer still finishes the last collective
+        # makes gloo abort the peer; after an error, leaving at once makes the peers fail fast.
+        util.barrier()
+        return folder
+    finally:
+        util.destroy()
+
+
+def run(args: argparse.Namespace, device: torch.device) -> Path:
+    """Pre-train in this process, on `device`, as one rank of the process group (if any)."""
+    world = util.world_size()
+    if args.sync_bn and util.is_distributed() and device.type != "cuda":
+        raise util.UserError("--sync_bn needs GPUs: SyncBatchNorm has no CPU implementation")
+    util.set_seed(process_seed(args.seed, util.rank()))
+    print(f"git revision {util.git_revision()}")
+    print("arguments: " + ", ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
+
+    list_folder = dataset.find_list_folder(args.data_folder, args.list_folder)
+    exclude = [s for s in args.exclude_subjects.split(",") if s]
+    pool = dataset.load_pool(list_folder, Path(args.data_folder), args.prefixes, args.strict_pairs,
+                             args.intensity_threshold, args.intensity_csv, exclude)
+    global_batch = args.batch_size * world
+    if len(pool) < global_batch:
+        raise util.UserError(f"{list_folder}: the pool has {len(pool)} pairs, fewer than the global batch "
+                             f"of {global_batch} (--batch_size {args.batch_size} x {world} processes)")
+    store = load_store(pool, args)
+    transform = dataset.augment_from_args(args, train=True)
+
+    model, contrast, criterion = set_model(args, len(pool), device)
+    optimizer = set_optimizer(args, model)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and args.opt_level == "O1"
+                                  and device.type == "cuda")
+    start_epoch = resume(args.resume, model, contrast, optimizer, scaler, args) if args.resume else 1
+    net = util.wrap_model(model, device)
+    base_lr = args.learning_rate * (world if args.scale_lr else 1)
+
+    recorder = Recorder(args) if util.is_main_process() else None
+    processes = f" in each of {world} processes" if world > 1 else ""
+    print(f"{len(pool)} pairs, {args.model} on {device}{processes}, global batch {global_batch}, "
+          f"base learning rate {base_lr:g}; checkpoints in {args.model_folder}")
+    try:
+        for epoch in range(start_epoch, args.epochs + 1):
+            lr = util.step_lr(epoch, base_lr, args.lr_decay_epochs, args.lr_decay_rate)
+            util.set_lr(optimizer, lr)
+            stats = train(epoch, store, transform, net, contrast, criterion, optimizer, scaler, args, device)
+            stats["learning_rate"] = lr
+            rng = util.all_gather_object(util.rng_state())
+            if recorder:
+                recorder.epoch(epoch, stats, checkpoint_state(model, contrast, optimizer, scaler, epoch, args, rng))
+    finally:
+        if recorder:
+            recorder.close()
+    if start_epoch > args.epochs:
+        print(f"nothing to do: the checkpoint already reached epoch {args.epochs}")
+    print(f"checkpoints: {args.model_folder}")
+    return Path(args.model_folder)
+
 
 if __name__ == "__main__":
-    run_cli(main)
+    util.run_cli(main)

@@ -1,20 +1,27 @@
-"""Small shared helpers: user-facing errors, atomic writes, seeding, checkpoints, meters."""
+"""Small shared helpers: user-facing errors, atomic writes, seeding, checkpoints, meters, process groups."""
 from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib.util
 import json
 import os
 import random
 import subprocess
 import sys
 import tempfile
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from types import ModuleType
+from typing import Any, Callable, ContextManager, Iterator
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from NCE.collectives import all_reduce_mean, is_distributed, world_size  # noqa: F401  (re-exported)
 
 REPO_ROOT = Path(__file__).resolve().parent
 AMP_DTYPES = {"O1": torch.float16, "O2": torch.bfloat16}
@@ -48,9 +55,7 @@ def keep_freed_memory() -> bool:
 
 
 def run_cli(main: Callable[[], Any]) -> None:
-    """Run an entry point (after `keep_freed_memory`); a `UserError` becomes one `error: ...` line
-    on stderr and exit code 2."""
-    keep_freed_memory()
+    """Run an entry point; a `UserError` becomes one `error: ...` line on stderr and exit code 2."""
     try:
         main()
     except UserError as err:
@@ -59,6 +64,27 @@ def run_cli(main: Callable[[], Any]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def load_script(file_name: str) -> ModuleType:
+    """The entry script `file_name` (e.g. 'pre-train_CVSCL.py') of the repository as a module.
+
+    The scripts' hyphenated names cannot be imported by name. The module is registered in
+    `sys.modules` under its file stem, so every caller of one process shares it; a spawned child
+    process calls this again to rebuild it.
+    """
+    path = REPO_ROOT / file_name
+    name = path.stem
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
 
 
 def _atomic_replace(path: Path, write: Callable[[str], None]) -> None:
@@ -216,3 +242,125 @@ def add_amp_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> N
 def autocast(device_type: str, amp: bool, opt_level: str) -> ContextManager:
     """`torch.autocast` with the dtype of `opt_level` when `amp`, else a no-op context."""
     return torch.autocast(device_type, dtype=AMP_DTYPES[opt_level]) if amp else nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------
+# Process groups. One code path serves a CPU run, a single GPU and `torchrun`: without a process
+# group every helper returns its input or does nothing, so callers never branch on the launch mode.
+
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def init_distributed_mode(args: argparse.Namespace) -> torch.device:
+    """Join the process group when launched by ``torchrun``; return this process's device.
+
+    Without ``WORLD_SIZE`` in the environment (a plain ``python`` launch) nothing is initialised and
+    the device is ``pick_device(args.device)``. Under ``torchrun`` (which sets ``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``) the process joins an env://
+    group: NCCL on ``cuda:LOCAL_RANK`` when ``args.device`` is ``auto`` (and CUDA is available) or
+    ``cuda``, gloo on the CPU when it is ``cpu`` or CUDA is unavailable. Sets ``args.world_size``.
+    """
+    args.world_size = 1
+    if "WORLD_SIZE" not in os.environ:
+        return pick_device(args.device)
+    missing = [name for name in LAUNCH_VARIABLES if name not in os.environ]
+    if missing:
+        raise UserError(f"WORLD_SIZE is set but {', '.join(missing)} is not: launch with torchrun")
+    local = int(os.environ["LOCAL_RANK"])
+    if args.device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device {args.device}: under torchrun every process uses cuda:LOCAL_RANK; "
+                             "pass --device cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES")
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        visible = torch.cuda.device_count()
+        if local >= visible:
+            raise UserError(f"LOCAL_RANK {local} needs a GPU, but this node shows {visible}: "
+                                 "--nproc_per_node must not exceed the GPUs per node")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", init_method="env://", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo", init_method="env://")
+    args.world_size = dist.get_world_size()
+    return device
+
+
+def destroy() -> None:
+    """Leave the process group, if one was joined."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def rank() -> int:
+    """This process's global rank; 0 in a single process."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def local_rank() -> int:
+    """This process's rank on its node (``LOCAL_RANK``); 0 in a single process."""
+    return int(os.environ.get("LOCAL_RANK", 0)) if is_distributed() else 0
+
+
+def is_main_process() -> bool:
+    """True on rank 0, the only rank that writes checkpoints and logs."""
+    return rank() == 0
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order; ``[obj]`` in one process.
+
+    ``obj`` is plain data and tensors, what ``torch.load(weights_only=True)`` accepts (it travels
+    through ``torch.save``).
+    """
+    if not is_distributed():
+        return [obj]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, obj, weights_only=True)
+    return gathered
+
+
+def barrier() -> None:
+    """Wait until every rank arrives; a no-op in one process."""
+    if is_distributed():
+        dist.barrier()
+
+
+def rank_chunk(t: Tensor) -> Tensor:
+    """This rank's contiguous share of ``t`` (world_size * m, ...): rows [rank * m, (rank + 1) * m).
+
+    Concatenating every rank's chunk in rank order (as :func:`all_gather_cat` does) gives ``t``
+    back. In a single process it is ``t``.
+    """
+    if not is_distributed():
+        return t
+    if t.shape[0] % world_size():
+        raise ValueError(f"{t.shape[0]} rows do not split evenly over {world_size()} ranks")
+    size = t.shape[0] // world_size()
+    return t[rank() * size:(rank() + 1) * size]
+
+
+@contextmanager
+def stdout_on_main_process() -> Iterator[None]:
+    """Within the block, ``print`` output of ranks other than 0 is discarded (stderr is kept)."""
+    if is_main_process():
+        yield
+        return
+    with open(os.devnull, "w") as devnull, redirect_stdout(devnull):
+        yield
+
+
+def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in :class:`DistributedDataParallel` under a process group, else ``model`` itself.
+
+    DDP broadcasts rank 0's parameters and buffers when it is built and averages the gradients
+    over ranks in ``backward``; :func:`unwrap_model` gives the module back for checkpoints.
+    """
+    if not is_distributed():
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper (its state dict has no ``module.`` prefix), else ``model``."""
+    return model.module if isinstance(model, DistributedDataParallel) else model

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-import distributed
+from NCE import collectives
 
 NORM_EPS = 1e-12
 _INIT_CHUNK = 65536
@@ -143,7 +143,7 @@ class ContrastMemory(nn.Module):
     def sync_banks(self) -> None:
         """Broadcast both banks from rank 0 (no-op in one process); done by the first forward."""
         for bank in (self.memory_rgb, self.memory_depth):
-            distributed.broadcast_(bank)
+            collectives.broadcast_(bank)
         self._synced = True
 
     def draw_indices(self, index: Tensor) -> Tensor:
@@ -202,15 +202,15 @@ class ContrastMemory(nn.Module):
         scores = torch.exp(logits / self.nce_t)
         if self.z_t.item() != self.nce_t:
             per_view_mean = scores.detach().mean(dim=(1, 2))
-            self.z.copy_(distributed.all_reduce_mean(per_view_mean) * self.n_data)
+            self.z.copy_(collectives.all_reduce_mean(per_view_mean) * self.n_data)
             self.z_t.fill_(self.nce_t)
         return scores / self.z.view(2, 1, 1)
 
     @torch.no_grad()
     def _update_banks(self, feat_rgb: Tensor, feat_depth: Tensor, index: Tensor) -> None:
         """Momentum-update the rows ``index`` (B,) of each view's own bank, over all ranks."""
-        feats = distributed.all_gather_cat(torch.stack((feat_rgb, feat_depth), dim=1).float())
-        index, keep = _last_occurrence(distributed.all_gather_cat(index))
+        feats = collectives.all_gather_cat(torch.stack((feat_rgb, feat_depth), dim=1).float())
+        index, keep = _last_occurrence(collectives.all_gather_cat(index))
         feats = feats[keep]
         for view, bank in enumerate((self.memory_rgb, self.memory_depth)):
             old = bank.index_select(0, index).float()

@@ -47,14 +47,14 @@ from PIL import Image  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from unittest import mock  # noqa: E402
 
-import augment  # noqa: E402
 import dataset  # noqa: E402
 import evaluation  # noqa: E402
-import finetune  # noqa: E402
-import pretrain  # noqa: E402
 import synthetic  # noqa: E402
 import util  # noqa: E402
 from models import build_model  # noqa: E402
+
+finetune = util.load_script("fine-tune_CVSCL.py")
+pretrain = util.load_script("pre-train_CVSCL.py")
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
@@ -156,9 +156,9 @@ def throughput(name: str, samples: list[dataset.Sample], opts: argparse.Namespac
                                                    scaler, args, device))
 
     store = dataset.ImageStore(samples[:n], args.load_size, workers=2)
-    store_x = augment.from_args(args, train=True)(*store.batch(torch.arange(opts.batch_size)))
+    store_x = dataset.augment_from_args(args, train=True)(*store.batch(torch.arange(opts.batch_size)))
     matmul_before = matmul_gflops(repeats=5)
-    result = {"model": name, "gflop_per_image": gflop, "full_step": rate(store, augment.from_args(args, train=True))}
+    result = {"model": name, "gflop_per_image": gflop, "full_step": rate(store, dataset.augment_from_args(args, train=True))}
     result["matmul_gflops_around"] = max(matmul_before, matmul_gflops(repeats=5))
     result["compute_only"] = rate(PreloadedStore(store_x, n), concat_views)
     result["ceiling"] = result["matmul_gflops_around"] / gflop

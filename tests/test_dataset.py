@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-import augment
 import dataset
 from util import UserError
 
@@ -175,8 +174,8 @@ def test_pool_threshold_and_fallback(pairs: Path, capsys):
     assert {s.subject for s in rest} == {"spNO1"}
 
 
-def _augment(train: bool, **kw) -> augment.PairAugment:
-    return augment.PairAugment(64, train, (0, 0, 0), (1, 1, 1), 0.0, 1.0, **kw)
+def _augment(train: bool, **kw) -> dataset.PairAugment:
+    return dataset.PairAugment(64, train, (0, 0, 0), (1, 1, 1), 0.0, 1.0, **kw)
 
 
 def test_eval_transform_is_exact_centre_crop_for_both_views():

@@ -36,12 +36,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-import distributed
-import pretrain
 from models import build_model
-from NCE import ContrastMemory
+from NCE import ContrastMemory, collectives
 from test_pretrain import cli, pool, run_args  # noqa: F401  (pool is a fixture)
+import util
 from util import REPO_ROOT, UserError
+
+pretrain = util.load_script("pre-train_CVSCL.py")
 
 WORLD = 2
 FIXED_AUGMENT = ["--crop_low", "1", "--no_flip", "--jitter", "0", "--grayscale_p", "0"]
@@ -79,33 +80,33 @@ def only_run(models: Path) -> Path:
 
 def test_helpers_are_identity_in_one_process(monkeypatch) -> None:
     t = torch.randn(3, 2, requires_grad=True)
-    assert not distributed.is_distributed()
-    assert (distributed.rank(), distributed.world_size(), distributed.is_main_process()) == (0, 1, True)
-    gathered = distributed.all_gather_cat(t)
+    assert not util.is_distributed()
+    assert (util.rank(), util.world_size(), util.is_main_process()) == (0, 1, True)
+    gathered = collectives.all_gather_cat(t)
     assert torch.equal(gathered, t) and not gathered.requires_grad
-    assert torch.equal(distributed.all_reduce_mean(t), t)
+    assert torch.equal(util.all_reduce_mean(t), t)
     before = t.detach().clone()
-    assert distributed.broadcast_(t.detach()) is not None and torch.equal(t, before)
-    assert distributed.rank_chunk(t) is t
-    assert distributed.all_gather_object({"a": t}) == [{"a": t}]
-    distributed.barrier()
-    assert distributed.local_rank() == 0
+    assert collectives.broadcast_(t.detach()) is not None and torch.equal(t, before)
+    assert util.rank_chunk(t) is t
+    assert util.all_gather_object({"a": t}) == [{"a": t}]
+    util.barrier()
+    assert util.local_rank() == 0
     model = nn.Linear(2, 2)
-    assert distributed.wrap_model(model, torch.device("cpu")) is model
-    assert distributed.unwrap_model(model) is model
+    assert util.wrap_model(model, torch.device("cpu")) is model
+    assert util.unwrap_model(model) is model
 
     args = types.SimpleNamespace(device="cpu")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert distributed.init_distributed_mode(args) == torch.device("cpu") and args.world_size == 1
-    assert not distributed.is_distributed()
+    assert util.init_distributed_mode(args) == torch.device("cpu") and args.world_size == 1
+    assert not util.is_distributed()
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(UserError, match="RANK"):
-        distributed.init_distributed_mode(args)
+        util.init_distributed_mode(args)
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")
     with pytest.raises(UserError, match="cuda:LOCAL_RANK"):
-        distributed.init_distributed_mode(types.SimpleNamespace(device="cuda:1"))
+        util.init_distributed_mode(types.SimpleNamespace(device="cuda:1"))
 
 
 STEPS, LOCAL_BATCH, N_DATA, FEAT_DIM = 3, 4, 24, 8
@@ -125,15 +126,15 @@ def _helper_worker(rank: int, rendezvous: str, out_dir: str) -> None:
     memory = ContrastMemory(FEAT_DIM, N_DATA, 8, 0.07, 0.5)
     for step in range(STEPS):
         feats, index = _step_inputs(step)
-        memory(distributed.rank_chunk(feats[0]), distributed.rank_chunk(feats[1]), distributed.rank_chunk(index))
-    model = distributed.wrap_model(nn.Linear(2, 2), torch.device("cpu"))
-    assert isinstance(model, DistributedDataParallel) and distributed.unwrap_model(model) is model.module
+        memory(util.rank_chunk(feats[0]), util.rank_chunk(feats[1]), util.rank_chunk(index))
+    model = util.wrap_model(nn.Linear(2, 2), torch.device("cpu"))
+    assert isinstance(model, DistributedDataParallel) and util.unwrap_model(model) is model.module
     torch.save({**memory.state_dict(),
-                "gathered": distributed.all_gather_cat(torch.full((rank + 1,), float(rank))),
-                "objects": distributed.all_gather_object({"rank": rank, "state": torch.full((2,), rank)}),
-                "chunk": distributed.rank_chunk(torch.arange(6))}, Path(out_dir) / f"rank{rank}.pt")
-    distributed.barrier()  # as pretrain.main: no rank leaves while the other finishes a collective
-    distributed.destroy()
+                "gathered": collectives.all_gather_cat(torch.full((rank + 1,), float(rank))),
+                "objects": util.all_gather_object({"rank": rank, "state": torch.full((2,), rank)}),
+                "chunk": util.rank_chunk(torch.arange(6))}, Path(out_dir) / f"rank{rank}.pt")
+    util.barrier()  # as pretrain.main: no rank leaves while the other finishes a collective
+    util.destroy()
 
 
 def test_two_process_helpers_and_banks(tmp_path: Path) -> None:
@@ -181,8 +182,8 @@ def _record_epochs(out: Path) -> None:
 
     def recording(epoch, store, transform, model, contrast, *rest):
         stats = train(epoch, store, transform, model, contrast, *rest)
-        torch.save({"model": distributed.unwrap_model(model).state_dict(), "contrast": contrast.state_dict()},
-                   out / f"rank{distributed.rank()}_epoch{epoch}.pt")
+        torch.save({"model": util.unwrap_model(model).state_dict(), "contrast": contrast.state_dict()},
+                   out / f"rank{util.rank()}_epoch{epoch}.pt")
         return stats
 
     pretrain.train = recording

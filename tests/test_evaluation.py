@@ -17,10 +17,12 @@ import torch
 
 import dataset
 import evaluation
-import finetune
-import linear_probe
 from models import MODEL_NAMES, build_model
 from util import REPO_ROOT, UserError, run_cli
+import util
+
+finetune = util.load_script("fine-tune_CVSCL.py")
+linear_probe = util.load_script("LinearProbing_CVSCL_10fold.py")
 
 FAST = ["--image_size", "64", "--num_workers", "0", "--batch_size", "16", "--no_progress"]
 

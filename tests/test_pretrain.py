@@ -12,8 +12,10 @@ import torch
 from PIL import Image
 
 import dataset
-import pretrain
 from util import REPO_ROOT, UserError
+import util
+
+pretrain = util.load_script("pre-train_CVSCL.py")
 
 FAST = ["--image_size", "64", "--batch_size", "8", "--nce_k", "32", "--num_workers", "0",
         "--learning_rate", "0.03", "--print_freq", "1"]
@@ -59,7 +61,7 @@ def test_one_step_trains_both_encoders(pool: Path, tmp_path: Path, loss: str):
     optimizer = pretrain.set_optimizer(args, model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    stats = pretrain.train(1, store, pretrain.augment.from_args(args, True), model, contrast, criterion,
+    stats = pretrain.train(1, store, pretrain.dataset.augment_from_args(args, True), model, contrast, criterion,
                            optimizer, scaler, args, device)
     assert np.isfinite(stats["loss"])
     after = model.state_dict()
@@ -214,7 +216,7 @@ def test_fast_path_loss_curve_matches_plain_path(pool: Path, tmp_path: Path):
     samples = dataset.load_pool(dataset.find_list_folder(pool), pool)
     device = torch.device("cpu")
     fast_store = dataset.ImageStore(samples, args.load_size, progress=False)
-    fast_transform = pretrain.augment.from_args(args, train=False)
+    fast_transform = pretrain.dataset.augment_from_args(args, train=False)
 
     def curve(store, transform, seed: int, amp: bool = False) -> np.ndarray:
         args.amp = amp
