@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from util import REPO_ROOT, UserError
+from util import REPO_ROOT, UserError, process_only
 
 VIEW_SUFFIXES = ("_depth", "_gray")
 POOL_LIST = "pretrain.txt"
@@ -617,16 +617,16 @@ def add_data_args(parser: argparse.ArgumentParser, image_size: int = 224) -> Non
                             "DATA_FOLDER/data/v_rgb and v_depth")
     group.add_argument("--list_folder", type=str, default=None,
                        help="folder holding v_rgb/ and v_depth/ (default: DATA_FOLDER/data, then the repo's data/)")
-    group.add_argument("--path_prefix", action="append", default=[], metavar="OLD=NEW",
-                       help="rewrite list paths starting with OLD to start with NEW (repeatable)")
+    process_only(group.add_argument("--path_prefix", action="append", default=[], metavar="OLD=NEW",
+                                    help="rewrite list paths starting with OLD to start with NEW (repeatable)"))
     group.add_argument("--strict_pairs", action="store_true",
                        help="a sample present in only one view is an error instead of a warning")
     group.add_argument("--image_size", type=int, default=image_size, help="network input size (>= 64)")
     group.add_argument("--load_size", type=int, default=None,
                        help="size images are decoded to before cropping (default image_size*8/7)")
-    group.add_argument("--num_workers", type=int, default=2, help="threads decoding images")
-    group.add_argument("--cache_dir", type=str, default=None,
-                       help="keep decoded images in memory-mapped files here (reused across runs)")
+    process_only(group.add_argument("--num_workers", type=int, default=2, help="threads decoding images"))
+    process_only(group.add_argument("--cache_dir", type=str, default=None,
+                                    help="keep decoded images in memory-mapped files here (reused across runs)"))
     group.add_argument("--rgb_mean", type=float, nargs=3, default=[0.4454, 0.4474, 0.4504])
     group.add_argument("--rgb_std", type=float, nargs=3, default=[0.4474, 0.4505, 0.4502])
     group.add_argument("--depth_mean", type=float, default=0.0423)

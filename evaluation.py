@@ -1,9 +1,10 @@
-"""Shared evaluation core of LOSO fine-tuning (`finetune.py`) and k-fold linear probing
-(`linear_probe.py`).
+"""The evaluation engine shared by LOSO fine-tuning (`fine-tune_CVSCL.py`) and k-fold linear
+probing (`LinearProbing_CVSCL_10fold.py`): flags, units, shards, the run folder, unit training and
+aggregation. Encoders, heads and checkpoint loading live in `models/`.
 
 One mechanism serves both protocols. A protocol is a list of *units* (a LOSO subject or a k-fold
 fold), each a set of training and test samples of one decoded `ImageStore`. For every seed and unit
-`Evaluator.run_unit` builds a fresh encoder (a copy of the pre-trained or seeded random weights), a
+`train_unit` builds a fresh encoder (a copy of the pre-trained or seeded random weights), a
 fresh linear head, optimizer, scheduler and loss, trains for a fixed number of epochs (no model or
 epoch selection on test data) and predicts the test samples with the deterministic test transform.
 With a frozen encoder and no augmentation the features of every sample are extracted once per run
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import hashlib
 import io
 import json
 import math
@@ -29,7 +29,7 @@ import re
 import time
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator, NamedTuple, Sequence, TypeVar
 
@@ -43,14 +43,12 @@ from tqdm import tqdm
 
 import dataset
 import util
-from models import MODEL_NAMES, TwoViewEncoder, build_model
+from models import MODEL_NAMES, TwoViewEncoder
+from models.LinearModel import Classifier, FeatureExtractor, make_head
+from models.pretrained import NORMALISATION, EncoderSpec, load_encoder_spec
 
-# CMC's linear evaluation of AlexNet max-pools conv layer k to this many cells per side.
-ALEXNET_POOL_CELLS = {1: 10, 2: 6, 3: 5, 4: 5, 5: 6}
-PUBLISHED_PREFIXES = ("encoder.module.", "module.", "encoder.")
 RUN_FILE = "run.json"
 LOSSES = ("crossentropy", "focal", "balanced")
-NORMALISATION = ("rgb_mean", "rgb_std", "depth_mean", "depth_std")
 SCHEDULES = ("cosine", "step", "none")
 # (rank, world size, local rank) variables of a launcher, tried in order by `--shard auto`.
 SHARD_ENVIRONMENTS = (("RANK", "WORLD_SIZE", "LOCAL_RANK"), ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"))
@@ -58,180 +56,7 @@ T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-@dataclass
-class EncoderSpec:
-    """What a fresh encoder is built from.
-
-    `state` holds clean keys (`rgb_to_d.…`, `d_to_rgb.…`); None means random initialisation,
-    drawn from the run's seed. `image_size` and `normalisation` (rgb_mean, rgb_std, depth_mean,
-    depth_std) are the pre-training input size and statistics, where the checkpoint records them;
-    `digest` is the checkpoint file's SHA-1 ('' for random).
-    """
-    name: str
-    feat_dim: int
-    state: dict[str, Tensor] | None
-    source: str
-    image_size: int | None = None
-    normalisation: dict = field(default_factory=dict)
-    digest: str = ""
-
-    def build(self, seed: int) -> TwoViewEncoder:
-        """A new encoder: the checkpoint's weights, or a random init seeded by `seed`."""
-        if self.state is None:
-            torch.manual_seed(seed)
-        model = build_model(self.name, self.feat_dim)
-        if self.state is not None:
-            model.load_state_dict(self.state, strict=False)
-        return model
-
-
-def load_encoder_spec(model_path: str, model: str | None = None, feat_dim: int | None = None) -> EncoderSpec:
-    """Read a pre-training checkpoint (ours or the published DVSCL/CMC one), or `none` for random.
-
-    The architecture comes from the checkpoint's `args` (ours) or `opt` (published, a pickled
-    argparse.Namespace); `model` must agree with it. Encoder keys are matched exactly against the
-    architecture (BatchNorm's `num_batches_tracked` counters may be absent); any missing,
-    unexpected or wrongly shaped key is a `UserError` naming the file.
-    """
-    if model_path.lower() == "none":
-        name = model or "alexnet"
-        return EncoderSpec(name, feat_dim or 128, None, "random", None, {})
-    ckpt = util.load_checkpoint(model_path, allow_namespace=True)
-    stored = ckpt.get("args", ckpt.get("opt"))
-    stored = vars(stored) if isinstance(stored, argparse.Namespace) else dict(stored or {})
-    state = ckpt.get("model", ckpt)
-    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
-        raise util.UserError(f"{model_path}: no 'model' state dict in the checkpoint")
-    state = _strip_prefix(state)
-    stored_name = stored.get("model")
-    if model and stored_name and model != stored_name:
-        raise util.UserError(f"{model_path}: checkpoint holds a {stored_name} encoder, but --model is {model}")
-    name = model or stored_name
-    if not name:
-        raise util.UserError(f"{model_path}: the checkpoint does not record its architecture; pass --model")
-    if name not in MODEL_NAMES:
-        raise util.UserError(f"{model_path}: unknown architecture {name!r} (known: {', '.join(MODEL_NAMES)})")
-    feat_dim = feat_dim or stored.get("feat_dim") or _embedding_width(name, state)
-    _check_keys(model_path, name, feat_dim, state)
-    image_size = stored.get("image_size")
-    normalisation = {k: stored[k] for k in NORMALISATION if stored.get(k) is not None}
-    digest = hashlib.sha1(Path(model_path).read_bytes()).hexdigest()
-    return EncoderSpec(name, int(feat_dim), state, str(model_path),
-                       int(image_size) if isinstance(image_size, int) else None, normalisation, digest)
-
-
-def _strip_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Drop the published code's `encoder.module.` (or DataParallel's `module.`) key prefix."""
-    for prefix in PUBLISHED_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            return {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
-def _embedding_width(name: str, state: dict[str, Tensor]) -> int:
-    """feat_dim from the embedding layer's weight (rows), 128 when not found."""
-    key = "rgb_to_d.fc8.0.weight" if name == "alexnet" else "rgb_to_d.fc.weight"
-    weight = state.get(key)
-    return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else 128
-
-
-def _check_keys(path: str, name: str, feat_dim: int, state: dict[str, Tensor]) -> None:
-    """Every key of `build_model(name, feat_dim)` present with its shape, and nothing else."""
-    with torch.device("meta"):
-        expected = build_model(name, feat_dim).state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in state
-             if k in expected and state[k].shape != expected[k].shape]
-    problems = [f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})"
-                for keys, what in ((missing, "missing"), (unexpected, "unexpected"), (wrong, "wrongly shaped"))
-                if keys]
-    if problems:
-        raise util.UserError(f"{path}: encoder keys do not match {name} (feat_dim {feat_dim}): "
-                             + "; ".join(problems))
-
-
-# ---------------------------------------------------------------------------------------------
-# Features and the linear classifier
-
-
-class FeatureExtractor(nn.Module):
-    """Both views' features at `layer`, pooled and concatenated: x (B,4,H,W) -> (B, D).
-
-    Conv maps (B,C,h,w) are pooled per view: AlexNet conv layers by adaptive max pooling to CMC's
-    linear-evaluation grid (10/6/5/5/6 cells per side for conv1..5, never more than the map has),
-    ResNet stem and stages by global average pooling. Vector layers pass unchanged. D is twice
-    the per-view width; `out_dim` measures it.
-    """
-
-    def __init__(self, encoder: TwoViewEncoder, layer: int) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.layer = layer
-
-    def pool(self, feat: Tensor) -> Tensor:
-        """(B,C,h,w) or (B,C) -> (B, C * cells**2) or (B, C)."""
-        if feat.dim() == 2:
-            return feat
-        if self.encoder.name == "alexnet":
-            cells = min(ALEXNET_POOL_CELLS[self.layer], feat.shape[-2], feat.shape[-1])
-            return F.adaptive_max_pool2d(feat, cells).flatten(1)
-        return F.adaptive_avg_pool2d(feat, 1).flatten(1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        feat_rgb, feat_depth = self.encoder(x, self.layer)
-        return torch.cat([self.pool(feat_rgb), self.pool(feat_depth)], dim=1)
-
-    @torch.no_grad()
-    def out_dim(self, image_size: int) -> int:
-        """D for (image_size x image_size) inputs, by one forward pass of a dummy image in eval mode."""
-        was_training = self.training
-        self.eval()
-        device = next(self.encoder.parameters()).device
-        width = self(torch.zeros(1, 4, image_size, image_size, device=device)).shape[1]
-        self.train(was_training)
-        return int(width)
-
-
-def make_head(width: int, n_classes: int, batch_norm: bool) -> nn.Module:
-    """Linear head (B, width) -> (B, n_classes), optionally after a BatchNorm without affine
-    parameters that standardises each feature (as MAE's linear probe): at test time it is a fixed
-    affine map, so the classifier stays linear, but training no longer depends on the scale of
-    the features (a random encoder's vary a tenth as much as a pre-trained one's)."""
-    linear = nn.Linear(width, n_classes)
-    return nn.Sequential(nn.BatchNorm1d(width, affine=False), linear) if batch_norm else linear
-
-
-class Classifier(nn.Module):
-    """A linear head, optionally on top of a feature extractor: input -> logits (B, n_classes).
-
-    Without an extractor the input is already features (B, D). A frozen extractor stays in eval
-    mode whatever `train()` says, gets no gradients, and runs without autograd.
-    """
-
-    def __init__(self, head: nn.Module, extractor: FeatureExtractor | None = None, frozen: bool = False) -> None:
-        super().__init__()
-        self.head = head
-        self.extractor = extractor
-        self.frozen = frozen
-        if extractor is not None and frozen:
-            extractor.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> "Classifier":
-        super().train(mode)
-        if self.extractor is not None and self.frozen:
-            self.extractor.eval()
-        return self
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.extractor is None:
-            return self.head(x)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            feat = self.extractor(x)
-        return self.head(feat)
+# Training a unit
 
 
 def assert_unchanged(encoder: nn.Module, state: dict[str, Tensor], what: str) -> None:
@@ -370,29 +195,32 @@ def add_eval_args(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
                        help="number of classes; default: largest label in the lists + 1")
     group.add_argument("--seed", type=int, default=0, help="seed of head init, batch order, augmentation "
                        "(and of the encoder with --model_path none)")
-    group.add_argument("--seeds", type=int, default=1,
-                       help="repeat the whole protocol with seeds SEED..SEED+N-1; results give mean and std")
-    group.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
+    util.process_only(group.add_argument("--seeds", type=int, default=1,
+                                         help="repeat the whole protocol with seeds SEED..SEED+N-1; results give mean"
+                                              " and std"))
+    util.process_only(group.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N"))
     util.add_amp_args(group)
     group = parser.add_argument_group("output")
-    group.add_argument("--save_path", type=str, default="runs/eval",
-                       help="run folders (unit results, predictions.csv, results.json, log) go here")
-    group.add_argument("--tb_path", type=str, default=None,
-                       help="TensorBoard folder; default SAVE_PATH/<run name>/tb")
-    group.add_argument("--run_name", type=str, default=None,
-                       help="run folder name; default derived from the settings (not from --subjects, so "
-                            "processes sharing subjects write one run)")
-    group.add_argument("--aggregate_only", action="store_true",
-                       help="train nothing: recompute results.json from the unit files of the run folder; "
-                            "an error naming them while units of the run are missing")
-    group.add_argument("--shard", type=str, default="",
-                       help="I/N: run only shard I (0-based, 0 <= I < N) of the units (LOSO subjects after "
-                            "--subjects, or k-fold folds), dealt round robin in subName.txt / fold order, and "
-                            "write only their unit files (pool them with --aggregate_only). A unit's result "
-                            "does not depend on its shard. 'auto': I/N from RANK/WORLD_SIZE (torchrun), else "
-                            "SLURM_PROCID/SLURM_NTASKS (srun), each process on cuda:<local rank> when CUDA is "
-                            "available and --device is auto or cuda; no process group is formed")
-    group.add_argument("--no_progress", action="store_true", help="no progress bars")
+    util.process_only(group.add_argument("--save_path", type=str, default="runs/eval",
+                                         help="run folders (unit results, predictions.csv, results.json, log) go here"))
+    util.process_only(group.add_argument("--tb_path", type=str, default=None,
+                                         help="TensorBoard folder; default SAVE_PATH/<run name>/tb"))
+    util.process_only(group.add_argument("--run_name", type=str, default=None,
+                                         help="run folder name; default derived from the settings (not from "
+                                              "--subjects, so processes sharing subjects write one run)"))
+    util.process_only(group.add_argument("--aggregate_only", action="store_true",
+                                         help="train nothing: recompute results.json from the unit files of the run "
+                                              "folder; an error naming them while units of the run are missing"))
+    util.process_only(group.add_argument("--shard", type=parse_shard, default="",
+                                         help="I/N: run only shard I (0-based, 0 <= I < N) of the units (LOSO "
+                                              "subjects after --subjects, or k-fold folds), dealt round robin in "
+                                              "subName.txt / fold order, and write only their unit files (pool them "
+                                              "with --aggregate_only). A unit's result does not depend on its shard. "
+                                              "'auto': I/N from RANK/WORLD_SIZE (torchrun), else "
+                                              "SLURM_PROCID/SLURM_NTASKS (srun), each process on cuda:<local rank> "
+                                              "when CUDA is available and --device is auto or cuda; no process group "
+                                              "is formed"))
+    util.process_only(group.add_argument("--no_progress", action="store_true", help="no progress bars"))
     dataset.add_data_args(parser)
     parser.set_defaults(image_size=None, **{k: None for k in NORMALISATION})
     dataset.add_augment_args(parser, crop_low=0.8, jitter=0.0, grayscale_p=0.0)
@@ -429,42 +257,50 @@ def finish_eval_args(args: argparse.Namespace) -> EncoderSpec:
     if args.augment is None:
         args.augment = not args.freeze_encoder
     args.seed_list = [args.seed + i for i in range(args.seeds)]
-    resolve_shard(args)
     return spec
 
 
-def resolve_shard(args: argparse.Namespace) -> None:
-    """Replace `args.shard` by (index, count), or None without `--shard`.
+class Shard(NamedTuple):
+    """Shard `index` of `count` (0-based). `local_rank` is the launcher's rank on this node, known
+    under `--shard auto` only."""
+    index: int
+    count: int
+    local_rank: int | None = None
 
-    `auto` reads the first launcher of `SHARD_ENVIRONMENTS` found in the environment; with
-    `--device auto` or `cuda` and CUDA available the process then runs on cuda:<local rank> modulo
-    the visible GPUs (so a task that srun binds to one GPU uses cuda:0).
-    """
-    text = args.shard
+
+def parse_shard(text: str) -> Shard | None:
+    """`--shard`: '' -> None, 'I/N' -> Shard(I, N), 'auto' -> the shard of the first launcher of
+    `SHARD_ENVIRONMENTS` found in the environment."""
     if not text:
-        args.shard = None
-        return
+        return None
+    local = None
     if text == "auto":
         found = [names for names in SHARD_ENVIRONMENTS if names[0] in os.environ and names[1] in os.environ]
         if not found:
             raise util.UserError("--shard auto: neither RANK/WORLD_SIZE (torchrun) nor SLURM_PROCID/SLURM_NTASKS "
                                  "(srun) is set")
-        rank, size, local = found[0]
-        text = f"{os.environ[rank]}/{os.environ[size]}"
-        if args.device in ("auto", "cuda") and torch.cuda.is_available():
-            args.device = f"cuda:{int(os.environ.get(local, 0)) % torch.cuda.device_count()}"
+        rank, size, local_name = found[0]
+        text, local = f"{os.environ[rank]}/{os.environ[size]}", int(os.environ.get(local_name, 0))
     match = re.fullmatch(r"(\d+)/(\d+)", text)
     if not match or int(match[1]) >= int(match[2]):
         raise util.UserError(f"--shard {text}: expected I/N with 0 <= I < N (0-based), or auto")
-    args.shard = (int(match[1]), int(match[2]))
+    return Shard(int(match[1]), int(match[2]), local)
 
 
-def shard_of(items: Sequence[T], shard: tuple[int, int] | None) -> list[T]:
-    """The items of shard (index, count): items[index], items[index + count], ...; all without one."""
+def eval_device(args: argparse.Namespace) -> torch.device:
+    """The device `--device` names; under `--shard auto`, with `--device auto` or `cuda` and CUDA
+    available, cuda:<local rank> modulo the visible GPUs (so a task srun binds to one GPU uses cuda:0)."""
+    if args.shard is not None and args.shard.local_rank is not None and args.device in ("auto", "cuda") \
+            and torch.cuda.is_available():
+        return torch.device("cuda", args.shard.local_rank % torch.cuda.device_count())
+    return util.pick_device(args.device)
+
+
+def shard_of(items: Sequence[T], shard: Shard | None) -> list[T]:
+    """The items of `shard`: items[index], items[index + count], ...; all of them without one."""
     if shard is None:
         return list(items)
-    index, count = shard
-    return list(items[index::count])
+    return list(items[shard.index::shard.count])
 
 
 def default_run_name(args: argparse.Namespace, protocol: str) -> str:
@@ -480,16 +316,11 @@ def default_run_name(args: argparse.Namespace, protocol: str) -> str:
     return name + (f"x{args.seeds}" if args.seeds > 1 else "")
 
 
-# Flags that do not change a unit's result; everything else must match to share a run folder.
-_PROCESS_ONLY = {"subjects", "shard", "list_subjects", "num_workers", "cache_dir", "save_path", "tb_path",
-                 "run_name", "aggregate_only", "no_progress", "device", "seeds", "seed_list", "prefixes", "path_prefix",
-                 "save_models"}
-
-
 def result_config(args: argparse.Namespace) -> dict:
-    """The settings that determine each unit's result (plain data)."""
-    return json.loads(json.dumps({k: v for k, v in sorted(vars(args).items()) if k not in _PROCESS_ONLY},
-                                 default=str))
+    """The settings that determine each unit's result (plain data): every value but the flags
+    declared `util.process_only` and the values derived from them (`seed_list`: each unit is
+    trained and stored per seed; `prefixes`: how list paths are found, not which images they are)."""
+    return util.run_identity(args, exclude={"seed_list", "prefixes"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -579,184 +410,191 @@ def unit_seed(seed: int, unit: str) -> int:
 Fetch = Callable[[Tensor, bool, "torch.Generator | None"], Tensor]
 
 
-class Evaluator:
-    """Trains and tests units on one decoded store; the same loop for LOSO and k-fold.
-
-    `labels` (N,) are the store samples' labels. `save_models` 'head' or 'model' saves the trained
-    head or the whole classifier of each unit under `model_dir`; None saves nothing.
-    """
-
-    def __init__(self, args: argparse.Namespace, spec: EncoderSpec, store: dataset.ImageStore,
-                 labels: Tensor, n_classes: int, device: torch.device, log: Log, writer: SummaryWriter,
-                 save_models: str | None = None, model_dir: Path | None = None) -> None:
-        self.args, self.spec, self.store, self.device = args, spec, store, device
-        self.labels = labels.to(device)
-        self.n_classes = n_classes
-        self.log, self.writer = log, writer
-        self.save_models, self.model_dir = save_models, model_dir
-        self.train_transform = dataset.augment_from_args(args, train=True)
-        self.test_transform = dataset.augment_from_args(args, train=False)
-        self.use_features = args.freeze_encoder and not args.augment
-        self._features: dict[int, Tensor] = {}
-        self._initial: dict[int, TwoViewEncoder] = {}
-
-    def initial_encoder(self, seed: int) -> TwoViewEncoder:
-        """The encoder every unit of `seed` starts from (checkpoint, or seeded random), built once
-        per run (once per seed for a random encoder) and never trained: units train copies."""
-        key = seed if self.spec.state is None else -1
-        if key not in self._initial:
-            self._initial[key] = self.spec.build(seed).requires_grad_(False)
-        return self._initial[key]
-
-    def initial_state(self, seed: int) -> dict[str, Tensor]:
-        """The weights and buffers of `initial_encoder(seed)`."""
-        return self.initial_encoder(seed).state_dict()
-
-    def new_extractor(self, seed: int) -> FeatureExtractor:
-        """A fresh copy of the initial encoder (a copy, not a new random init: cheaper, and the
-        same weights), wrapped at `--layer`, on the run's device, channels-last (see
-        `pretrain.set_model`)."""
-        encoder = copy.deepcopy(self.initial_encoder(seed)).requires_grad_(True)
-        return FeatureExtractor(encoder.to(self.device, memory_format=torch.channels_last), self.args.layer)
+@dataclass
+class EvalData:
+    """What every unit of a run reads: the decoded samples, their labels (N,) on `device`, and the
+    train and test transforms."""
+    store: dataset.ImageStore
+    labels: Tensor
+    n_classes: int
+    device: torch.device
+    train_transform: dataset.PairAugment
+    test_transform: dataset.PairAugment
 
     def images(self, index: Tensor, train: bool, generator: torch.Generator | None = None) -> Tensor:
         """Network input (B,4,H,W) of store samples `index` (B,): augmented or the test transform."""
-        transform = self.train_transform if train and self.args.augment else self.test_transform
+        transform = self.train_transform if train else self.test_transform
         return transform(*self.store.batch(index, self.device), generator=generator)
 
-    @contextmanager
-    def head_only_threads(self) -> Iterator[None]:
-        """One intra-op thread while a head trains on cached features on the CPU: its operations
-        are so small that OpenMP synchronisation dominates (measured 8x slower with 2 threads on a
-        busy 2-core machine). Image training keeps torch's thread count."""
-        if not (self.use_features and self.device.type == "cpu"):
-            yield
-            return
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
 
-    def autocast(self) -> ContextManager:
-        """torch.autocast with --amp's dtype, else a no-op context."""
-        return util.autocast(self.device.type, self.args.amp, self.args.opt_level)
+@dataclass
+class StartingPoint:
+    """The encoder every unit of one seed starts from (never trained: units train copies), and,
+    when units train heads on frozen features, those features (N, D) of every store sample."""
+    encoder: TwoViewEncoder
+    features: Tensor | None = None
 
-    @torch.no_grad()
-    def features(self, seed: int) -> Tensor:
-        """(N, D) features of every store sample with the frozen encoder, computed once per run
-        (once per seed for a random encoder)."""
-        key = seed if self.spec.state is None else -1
-        if key not in self._features:
-            extractor = self.new_extractor(seed).eval()
-            chunks = []
-            for index in dataset.iterate_batches(len(self.store), self.args.batch_size, False, False):
-                with self.autocast():
-                    chunks.append(extractor(self.images(index, train=False)).float())
-            assert_unchanged(extractor.encoder, self.initial_state(seed), "feature extraction")
-            self._features[key] = torch.cat(chunks)
-            self.log(f"extracted {tuple(self._features[key].shape)} features once "
-                     f"(layer {self.args.layer}, frozen {self.spec.name})")
-        return self._features[key]
 
-    def run_unit(self, unit: Unit, seed: int) -> dict:
-        """Train a fresh classifier on `unit.train`, predict `unit.test`; returns the unit record."""
-        args, start = self.args, time.time()
-        useed = unit_seed(seed, unit.name)
-        if len(unit.train) < 2:
-            raise util.UserError(f"unit {unit.name}: {len(unit.train)} training samples, need at least 2")
-        extractor: FeatureExtractor | None = None
-        if self.use_features:
-            feats = self.features(seed)
-            width = feats.shape[1]
-            fetch: Fetch = lambda index, train, generator: feats[index.to(self.device)]  # noqa: E731
-        else:
-            extractor = self.new_extractor(seed)
-            width = extractor.out_dim(args.image_size)
-            fetch = self.images
-        torch.manual_seed(useed)
-        head = make_head(width, self.n_classes, args.head_bn)
-        model = Classifier(head, extractor, frozen=args.freeze_encoder).to(self.device)
-        generator = torch.Generator().manual_seed(useed)
-        train_index, test_index = torch.as_tensor(unit.train), torch.as_tensor(unit.test)
-        with self.head_only_threads():
-            history = self.fit(model, fetch, train_index, generator, f"seed{seed}/{unit.name}")
-            predictions = self.predict(model, fetch, test_index)
-        if extractor is not None and args.freeze_encoder:
-            assert_unchanged(extractor.encoder, self.initial_state(seed), f"unit {unit.name}")
-        self._save_model(model, seed, unit.name)
-        samples = [self.store.samples[i] for i in unit.test]
-        return {"unit": unit.name, "seed": seed, "n_train": len(unit.train), "n_test": len(unit.test),
-                "test_subjects": sorted({s.subject for s in samples}),
-                "keys": [s.key for s in samples], "subjects": [s.subject for s in samples],
-                "labels": [s.label for s in samples], "predictions": predictions.tolist(),
-                "history": history, "seconds": round(time.time() - start, 3)}
+def uses_cached_features(args: argparse.Namespace) -> bool:
+    """A frozen encoder without augmentation gives each sample the same features in every epoch,
+    so they are extracted once per run and units train their heads on them."""
+    return args.freeze_encoder and not args.augment
 
-    def fit(self, model: Classifier, fetch: Fetch, train_index: Tensor, generator: torch.Generator,
-            tag: str) -> list[dict]:
-        """Train for `epochs` epochs (per-epoch schedule); returns per-epoch loss, accuracy, lr.
 
-        A lone last sample of an epoch is skipped (batch norm needs two).
-        """
-        args = self.args
-        optimizer = make_optimizer(model, args)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, args))
-        criterion = make_criterion(args.lossfunction, self.labels[train_index.to(self.device)],
-                                   self.n_classes, args.focal_gamma).to(self.device)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=args.amp and args.opt_level == "O1"
-                                      and self.device.type == "cuda")
-        history = []
-        for epoch in range(1, args.epochs + 1):
-            model.train()
-            lr = optimizer.param_groups[0]["lr"]
-            # Per-step values stay tensors until the epoch ends: reading each one back costs
-            # more than a step of a linear head on cached features.
-            losses, sizes, logits_seen, targets_seen = [], [], [], []
-            for batch in dataset.iterate_batches(len(train_index), args.batch_size, True, False, generator):
-                if len(batch) < 2:
-                    continue
-                index = train_index[batch]
-                target = self.labels[index.to(self.device)]
-                x = fetch(index, True, generator)
-                with self.autocast():
-                    logits = model(x).float()
-                loss = criterion(logits, target)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                losses.append(loss.detach())
-                sizes.append(len(batch))
-                logits_seen.append(logits.detach())
-                targets_seen.append(target)
-            mean_loss = float(torch.stack(losses).cpu() @ torch.tensor(sizes, dtype=torch.float32)) / sum(sizes)
-            if not math.isfinite(mean_loss):
-                raise util.UserError(f"{tag}: non-finite loss at epoch {epoch} (lower --learning_rate)")
-            train_acc = (torch.cat(logits_seen).argmax(1) == torch.cat(targets_seen)).float().mean().item()
-            scheduler.step()
-            history.append({"epoch": epoch, "loss": mean_loss, "train_acc": train_acc, "lr": lr})
-            for name in ("loss", "train_acc", "lr"):
-                self.writer.add_scalar(f"{tag}/{name}", history[-1][name], epoch)
-        return history
+def autocast(args: argparse.Namespace, device: torch.device) -> ContextManager:
+    """torch.autocast with --amp's dtype, else a no-op context."""
+    return util.autocast(device.type, args.amp, args.opt_level)
 
-    @torch.no_grad()
-    def predict(self, model: Classifier, fetch: Fetch, test_index: Tensor) -> np.ndarray:
-        """Predicted classes (N,) of `test_index` with the deterministic test transform."""
-        model.eval()
-        out = []
-        for batch in dataset.iterate_batches(len(test_index), self.args.batch_size, False, False):
-            with self.autocast():
-                out.append(model(fetch(test_index[batch], False, None)).float().argmax(1).cpu())
-        return torch.cat(out).numpy()
 
-    def _save_model(self, model: Classifier, seed: int, unit: str) -> None:
-        if self.save_models is None:
-            return
-        module = model.head if self.save_models == "head" else model
-        path = self.model_dir / f"seed{seed}_{unit}.pth"
-        util.atomic_save({"model": module.state_dict(), "unit": unit, "seed": seed, "layer": self.args.layer,
-                          "encoder": self.spec.name, "n_classes": self.n_classes}, path)
+def new_extractor(args: argparse.Namespace, start: StartingPoint, device: torch.device) -> FeatureExtractor:
+    """A fresh copy of the starting encoder (a copy, not a new random init: the same weights),
+    wrapped at `--layer`, on `device`, channels-last like pre-training."""
+    encoder = copy.deepcopy(start.encoder).requires_grad_(True)
+    return FeatureExtractor(encoder.to(device, memory_format=torch.channels_last), args.layer)
+
+
+@torch.no_grad()
+def extract_features(args: argparse.Namespace, start: StartingPoint, data: EvalData) -> Tensor:
+    """(N, D) features of every store sample with the frozen encoder and the test transform."""
+    extractor = new_extractor(args, start, data.device).eval()
+    chunks = []
+    for index in dataset.iterate_batches(len(data.store), args.batch_size, False, False):
+        with autocast(args, data.device):
+            chunks.append(extractor(data.images(index, train=False)).float())
+    assert_unchanged(extractor.encoder, start.encoder.state_dict(), "feature extraction")
+    return torch.cat(chunks)
+
+
+def starting_points(args: argparse.Namespace, spec: EncoderSpec, seeds: Sequence[int], data: EvalData,
+                    log: Callable[[str], None]) -> dict[int, StartingPoint]:
+    """One starting point per seed: a checkpoint's encoder is shared by every seed, a random one is
+    drawn from each seed. Features are extracted here when units use them."""
+    built: dict[int | None, StartingPoint] = {}
+    points = {}
+    for seed in seeds:
+        key = seed if spec.state is None else None
+        if key not in built:
+            start = StartingPoint(spec.build(seed).requires_grad_(False))
+            if uses_cached_features(args):
+                start.features = extract_features(args, start, data)
+                log(f"extracted {tuple(start.features.shape)} features once "
+                    f"(layer {args.layer}, frozen {spec.name})")
+            built[key] = start
+        points[seed] = built[key]
+    return points
+
+
+@contextmanager
+def threads_for_unit_training(args: argparse.Namespace, device: torch.device) -> Iterator[None]:
+    """One intra-op thread while heads train on cached features on the CPU, torch's setting
+    otherwise: a linear head's operations are so small that OpenMP synchronisation would dominate."""
+    if not (uses_cached_features(args) and device.type == "cpu"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_unit(args: argparse.Namespace, start: StartingPoint, data: EvalData, unit: Unit,
+               seed: int) -> tuple[dict, Classifier]:
+    """Train a fresh classifier on `unit.train` and predict `unit.test`; returns the unit record
+    and the trained classifier."""
+    begin = time.time()
+    if len(unit.train) < 2:
+        raise util.UserError(f"unit {unit.name}: {len(unit.train)} training samples, need at least 2")
+    useed = unit_seed(seed, unit.name)
+    extractor: FeatureExtractor | None = None
+    if start.features is not None:
+        features = start.features
+        width = features.shape[1]
+        fetch: Fetch = lambda index, train, generator: features[index.to(data.device)]  # noqa: E731
+    else:
+        extractor = new_extractor(args, start, data.device)
+        width = extractor.out_dim(args.image_size)
+        fetch = data.images if args.augment else (lambda index, train, generator: data.images(index, False))
+    torch.manual_seed(useed)
+    model = Classifier(make_head(width, data.n_classes, args.head_bn), extractor,
+                       frozen=args.freeze_encoder).to(data.device)
+    generator = torch.Generator().manual_seed(useed)
+    train_index, test_index = torch.as_tensor(unit.train), torch.as_tensor(unit.test)
+    history = fit(args, model, fetch, data, train_index, generator, f"seed{seed}/{unit.name}")
+    predictions = predict(args, model, fetch, data.device, test_index)
+    if extractor is not None and args.freeze_encoder:
+        assert_unchanged(extractor.encoder, start.encoder.state_dict(), f"unit {unit.name}")
+    samples = [data.store.samples[i] for i in unit.test]
+    record = {"unit": unit.name, "seed": seed, "n_train": len(unit.train), "n_test": len(unit.test),
+              "test_subjects": sorted({s.subject for s in samples}),
+              "keys": [s.key for s in samples], "subjects": [s.subject for s in samples],
+              "labels": [s.label for s in samples], "predictions": predictions.tolist(),
+              "history": history, "seconds": round(time.time() - begin, 3)}
+    return record, model
+
+
+def fit(args: argparse.Namespace, model: Classifier, fetch: Fetch, data: EvalData, train_index: Tensor,
+        generator: torch.Generator, tag: str) -> list[dict]:
+    """Train for `--epochs` epochs (per-epoch schedule); returns per-epoch loss, accuracy, lr.
+
+    A lone last sample of an epoch is skipped (batch norm needs two).
+    """
+    optimizer = make_optimizer(model, args)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, args))
+    criterion = make_criterion(args.lossfunction, data.labels[train_index.to(data.device)],
+                               data.n_classes, args.focal_gamma).to(data.device)
+    scaler = torch.amp.GradScaler(data.device.type, enabled=args.amp and args.opt_level == "O1"
+                                  and data.device.type == "cuda")
+    history = []
+    for epoch in range(1, args.epochs + 1):
+        model.train()
+        lr = optimizer.param_groups[0]["lr"]
+        # Per-step values stay tensors until the epoch ends: a read-back would synchronise every step.
+        losses, sizes, logits_seen, targets_seen = [], [], [], []
+        for batch in dataset.iterate_batches(len(train_index), args.batch_size, True, False, generator):
+            if len(batch) < 2:
+                continue
+            index = train_index[batch]
+            target = data.labels[index.to(data.device)]
+            x = fetch(index, True, generator)
+            with autocast(args, data.device):
+                logits = model(x).float()
+            loss = criterion(logits, target)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(loss.detach())
+            sizes.append(len(batch))
+            logits_seen.append(logits.detach())
+            targets_seen.append(target)
+        mean_loss = float(torch.stack(losses).cpu() @ torch.tensor(sizes, dtype=torch.float32)) / sum(sizes)
+        if not math.isfinite(mean_loss):
+            raise util.UserError(f"{tag}: non-finite loss at epoch {epoch} (lower --learning_rate)")
+        train_acc = (torch.cat(logits_seen).argmax(1) == torch.cat(targets_seen)).float().mean().item()
+        scheduler.step()
+        history.append({"epoch": epoch, "loss": mean_loss, "train_acc": train_acc, "lr": lr})
+    return history
+
+
+@torch.no_grad()
+def predict(args: argparse.Namespace, model: Classifier, fetch: Fetch, device: torch.device,
+            test_index: Tensor) -> np.ndarray:
+    """Predicted classes (N,) of `test_index` with the deterministic test transform."""
+    model.eval()
+    out = []
+    for batch in dataset.iterate_batches(len(test_index), args.batch_size, False, False):
+        with autocast(args, device):
+            out.append(model(fetch(test_index[batch], False, None)).float().argmax(1).cpu())
+    return torch.cat(out).numpy()
+
+
+def save_classifier(path: Path, module: nn.Module, args: argparse.Namespace, unit: str, seed: int,
+                    encoder: str, n_classes: int) -> None:
+    """A unit's trained head or whole classifier, as a state dict with what it was trained for."""
+    util.atomic_save({"model": module.state_dict(), "unit": unit, "seed": seed, "layer": args.layer,
+                      "encoder": encoder, "n_classes": n_classes}, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -924,32 +762,41 @@ def run_protocol(args: argparse.Namespace, spec: EncoderSpec, protocol: Protocol
     try:
         units = shard_of(protocol.units, args.shard)
         if args.shard is not None:
-            log(f"shard {args.shard[0]}/{args.shard[1]}: {', '.join(u.name for u in units) or 'no units'}")
+            log(f"shard {args.shard.index}/{args.shard.count}: {', '.join(u.name for u in units) or 'no units'}")
         pending = [(seed, unit) for seed in args.seed_list for unit in units if not run.is_done(seed, unit.name)]
         skipped = len(args.seed_list) * len(units) - len(pending)
         log(f"run {run.root} (git {util.git_revision()}): {len(pending)} units to run, {skipped} already done")
         if pending:
             util.keep_freed_memory()
-            device = util.pick_device(args.device)
+            device = eval_device(args)
             log(f"encoder {spec.name} from {spec.source}, layer {args.layer}, "
                 f"{'frozen' if args.freeze_encoder else 'fine-tuned'}, on {device}")
             store = dataset.ImageStore(protocol.samples, args.load_size, args.cache_dir, args.num_workers,
                                        progress=not args.no_progress)
-            labels = torch.tensor([s.label for s in protocol.samples])
-            evaluator = Evaluator(args, spec, store, labels, protocol.n_classes, device, log, writer,
-                                  protocol.save_models, run.root / "models")
+            data = EvalData(store, torch.tensor([s.label for s in protocol.samples]).to(device), protocol.n_classes,
+                            device, dataset.augment_from_args(args, train=True),
+                            dataset.augment_from_args(args, train=False))
+            starts = starting_points(args, spec, sorted({seed for seed, _ in pending}), data, log)
             bar = tqdm(pending, desc=protocol.name, unit="unit", disable=args.no_progress)
-            for seed, unit in bar:
-                bar.set_postfix(seed=seed, unit=unit.name)
-                record = evaluator.run_unit(unit, seed)
-                run.save_unit(record)
-                acc = float(np.mean(np.array(record["labels"]) == np.array(record["predictions"])))
-                log(f"seed {seed} {unit.name}: {record['n_train']} train / {record['n_test']} test, "
-                    f"test acc {acc:.4f}, final train loss {record['history'][-1]['loss']:.4f}, "
-                    f"{record['seconds']:.1f} s")
+            with threads_for_unit_training(args, device):
+                for seed, unit in bar:
+                    bar.set_postfix(seed=seed, unit=unit.name)
+                    record, model = train_unit(args, starts[seed], data, unit, seed)
+                    for epoch in record["history"]:
+                        for name in ("loss", "train_acc", "lr"):
+                            writer.add_scalar(f"seed{seed}/{unit.name}/{name}", epoch[name], epoch["epoch"])
+                    if protocol.save_models is not None:
+                        save_classifier(run.root / "models" / f"seed{seed}_{unit.name}.pth",
+                                        model.head if protocol.save_models == "head" else model, args,
+                                        unit.name, seed, spec.name, protocol.n_classes)
+                    run.save_unit(record)
+                    acc = float(np.mean(np.array(record["labels"]) == np.array(record["predictions"])))
+                    log(f"seed {seed} {unit.name}: {record['n_train']} train / {record['n_test']} test, "
+                        f"test acc {acc:.4f}, final train loss {record['history'][-1]['loss']:.4f}, "
+                        f"{record['seconds']:.1f} s")
             bar.close()
         if args.shard is not None:
-            log(f"shard {args.shard[0]}/{args.shard[1]} finished; pool all shards with --aggregate_only")
+            log(f"shard {args.shard.index}/{args.shard.count} finished; pool all shards with --aggregate_only")
             return {}
         results = aggregate(run, [u.name for u in protocol.units], writer)
         log(summary_line(results))

@@ -37,17 +37,19 @@ def parse_option(argv: list[str] | None = None) -> tuple[argparse.Namespace, eva
                     "Re-running the same command skips finished subjects; split subjects across processes "
                     "with --shard I/N or --shard auto under torchrun/srun (scripts/sweep_subjects.sh), then "
                     "--aggregate_only, which refuses while subjects are missing.")
-    parser.add_argument("--subjects", type=str, default="",
-                        help="comma-separated subjects of subName.txt (e.g. spNO1,spNO7): a deliberate subset, "
-                             "the pooled results cover just these (pass it to --aggregate_only too); default all")
+    util.process_only(parser.add_argument("--subjects", type=str, default="",
+                                          help="comma-separated subjects of subName.txt (e.g. spNO1,spNO7): a "
+                                               "deliberate subset, the pooled results cover just these (pass it to "
+                                               "--aggregate_only too); default all"))
     parser.add_argument("--freeze_encoder", action="store_true",
                         help="train only the linear head; the encoder stays in eval mode and is checked unchanged")
     parser.add_argument("--encoder_lr_mult", type=float, default=0.1,
                         help="encoder learning rate = --learning_rate x this (fine-tuning)")
-    parser.add_argument("--save_models", action="store_true",
-                        help="save each subject's fine-tuned classifier under <run>/models/")
-    parser.add_argument("--list_subjects", action="store_true",
-                        help="print the subjects this command (and --shard) would run, one per line, and exit")
+    util.process_only(parser.add_argument("--save_models", action="store_true",
+                                          help="save each subject's fine-tuned classifier under <run>/models/"))
+    util.process_only(parser.add_argument("--list_subjects", action="store_true",
+                                          help="print the subjects this command (and --shard) would run, one per "
+                                               "line, and exit"))
     evaluation.add_eval_args(parser, DEFAULTS)
     args = parser.parse_args(argv)
     spec = evaluation.finish_eval_args(args)

@@ -262,9 +262,8 @@ class Recorder:
     """Rank 0's outputs: TensorBoard scalars, `log.jsonl`, numbered checkpoints and `last.pth`.
 
     `last.pth` is rewritten with each numbered checkpoint and after any epoch that ends
-    `--last_interval` seconds or more after its previous save: a checkpoint of alexnet's two halves
-    with their momentum is about 240 MB, and saving it after every 2-second epoch made the demo
-    take 562 s instead of 454 s.
+    `--last_interval` seconds or more after its previous save: a checkpoint holds both encoders,
+    their momentum and the banks, so saving it after every short epoch would cost more than the epoch.
     """
 
     def __init__(self, args: argparse.Namespace) -> None:

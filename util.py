@@ -18,7 +18,7 @@ from typing import Any, Callable, ContextManager, Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from NCE.collectives import all_reduce_mean, is_distributed, world_size  # noqa: F401  (re-exported)
@@ -41,7 +41,7 @@ def keep_freed_memory() -> bool:
     By default glibc serves every large block (an activation, a gradient) from a fresh mmap and
     unmaps it when freed, so each training step pays page faults to get the same memory back.
     With mmap off and a 2 GiB trim threshold the blocks are reused (the gain is measured by
-    `scripts/bench_pretrain.py --compare`, see README.md). Does nothing where the C library
+    `scripts/bench_pretrain.py --compare`, see docs/benchmarks.md). Does nothing where the C library
     is not glibc, or when the user set `MALLOC_MMAP_MAX_` or `MALLOC_TRIM_THRESHOLD_` (their
     values win). Returns whether it changed the settings.
     """
@@ -230,6 +230,25 @@ def sgd(params, lr: float, momentum: float, weight_decay: float) -> torch.optim.
     devices = {p.device.type for group in params for p in (group["params"] if isinstance(group, dict) else [group])}
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                            fused=devices <= {"cpu", "cuda"})
+
+
+# Destinations of the flags declared with `process_only`, across every parser of the process.
+PROCESS_ONLY: set[str] = set()
+
+
+def process_only(action: argparse.Action) -> argparse.Action:
+    """Declare the flag of `action` (what `add_argument` returns) as one that changes how a run is
+    carried out (where it writes, how many workers, which device) but not its result, so that
+    `run_identity` leaves it out. Returns `action`."""
+    PROCESS_ONLY.add(action.dest)
+    return action
+
+
+def run_identity(args: argparse.Namespace, exclude: set[str] = frozenset()) -> dict:
+    """The settings that determine a run's result, as plain data: every value of `args` except the
+    `process_only` flags and the names in `exclude` (values derived from such flags)."""
+    kept = {k: v for k, v in sorted(vars(args).items()) if k not in PROCESS_ONLY | set(exclude)}
+    return json.loads(json.dumps(kept, default=str))
 
 
 def add_amp_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -8,9 +8,9 @@ from NCE import collectives
 
 NORM_EPS = 1e-12
 _INIT_CHUNK = 65536
-# Banks of at most this many rows per drawn column (K+1) are scored densely (see `_score`):
-# measured per view on a 2-core CPU at B=32, K=4096, D=128, dense forward+backward costs 0.5 ms
-# at 256 rows and 11 ms at 65k against 34-39 ms for gathering, and loses beyond about 100k rows.
+# Banks of at most this many rows per drawn column (K+1) are scored densely (see `_score`): a
+# dense product costs O(N D) per anchor and a gather O((K+1) D) with a far larger constant, so the
+# product wins while N stays within a small multiple of K+1 (docs/benchmarks.md has the timings).
 DENSE_ROWS_PER_DRAW = 16
 
 

@@ -17,7 +17,8 @@ import torch
 
 import dataset
 import evaluation
-from models import MODEL_NAMES, build_model
+from models import MODEL_NAMES, LinearModel, build_model
+from models.pretrained import load_encoder_spec
 from util import REPO_ROOT, UserError, run_cli
 import util
 
@@ -159,20 +160,20 @@ def test_head_width_every_model_and_layer(name: str) -> None:
     """The width measured by a dummy forward (on the meta device: no arithmetic) for every layer."""
     with torch.device("meta"):
         encoder = build_model(name, feat_dim=32)
-    widths = [evaluation.FeatureExtractor(encoder, layer).out_dim(64)
+    widths = [LinearModel.FeatureExtractor(encoder, layer).out_dim(64)
               for layer in range(1, encoder.embedding_layer + 1)]
     assert widths == [_expected_width(name, layer, 32) for layer in range(1, encoder.embedding_layer + 1)]
     if name == "alexnet":  # CMC's linear-evaluation widths at 224 px: conv1 9600, conv5 9216
-        assert evaluation.FeatureExtractor(encoder, 1).out_dim(224) == 9600
-        assert evaluation.FeatureExtractor(encoder, 5).out_dim(224) == 9216
+        assert LinearModel.FeatureExtractor(encoder, 1).out_dim(224) == 9600
+        assert LinearModel.FeatureExtractor(encoder, 5).out_dim(224) == 9216
 
 
 def test_frozen_classifier_trains_head_only() -> None:
     torch.manual_seed(0)
     encoder = build_model("alexnet", feat_dim=16)
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    extractor = evaluation.FeatureExtractor(encoder, 5)
-    model = evaluation.Classifier(torch.nn.Linear(extractor.out_dim(64), 3), extractor, frozen=True)
+    extractor = LinearModel.FeatureExtractor(encoder, 5)
+    model = LinearModel.Classifier(torch.nn.Linear(extractor.out_dim(64), 3), extractor, frozen=True)
     args = argparse.Namespace(learning_rate=0.1, encoder_lr_mult=1.0, optimizer="sgd", momentum=0.9,
                               weight_decay=1e-4)
     optimizer = evaluation.make_optimizer(model, args)
@@ -202,7 +203,7 @@ def test_frozen_classifier_trains_head_only() -> None:
 def test_checkpoint_loads(tmp_path: Path, model: str, published: bool) -> None:
     path = tmp_path / "ckpt.pth"
     state = save_checkpoint(path, model, published)
-    spec = evaluation.load_encoder_spec(str(path))
+    spec = load_encoder_spec(str(path))
     assert (spec.name, spec.feat_dim) == (model, 16)
     assert spec.image_size == (None if published else 64)
     loaded = spec.build(seed=123).state_dict()
@@ -238,12 +239,12 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
     save_checkpoint(path, "resnet18v1", published=False)
     with pytest.raises(UserError, match=r"resnet\.pth: checkpoint holds a resnet18v1 encoder, but --model is "
                                         r"alexnet"):
-        evaluation.load_encoder_spec(str(path), model="alexnet")
+        load_encoder_spec(str(path), model="alexnet")
     # No recorded architecture: the keys decide, naming the file.
     ckpt = torch.load(path, weights_only=True)
     torch.save({"model": ckpt["model"]}, path)
     with pytest.raises(UserError, match=r"resnet\.pth: encoder keys do not match alexnet"):
-        evaluation.load_encoder_spec(str(path), model="alexnet")
+        load_encoder_spec(str(path), model="alexnet")
     # A missing encoder weight is fatal.
     state = save_checkpoint(path, "alexnet", published=True)
     with torch.serialization.safe_globals([argparse.Namespace]):
@@ -251,7 +252,7 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
     del ckpt["model"]["encoder.module.d_to_rgb.fc7.0.weight"]
     torch.save(ckpt, path)
     with pytest.raises(UserError, match=r"1 missing \(e\.g\. d_to_rgb\.fc7\.0\.weight\)"):
-        evaluation.load_encoder_spec(str(path))
+        load_encoder_spec(str(path))
     assert state
 
 
@@ -351,18 +352,18 @@ def test_loso_finetune_split_and_resume(synthetic_data: Path, tmp_path: Path, mo
     # Killed in the third subject, then the same command again.
     killed = tmp_path / "killed"
     calls = {"n": 0}
-    real_run_unit = evaluation.Evaluator.run_unit
+    real_train_unit = evaluation.train_unit
 
-    def dying_run_unit(self, unit, seed):
+    def dying_train_unit(*args):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real_run_unit(self, unit, seed)
+        return real_train_unit(*args)
 
-    monkeypatch.setattr(evaluation.Evaluator, "run_unit", dying_run_unit)
+    monkeypatch.setattr(evaluation, "train_unit", dying_train_unit)
     with pytest.raises(KeyboardInterrupt):
         finetune.main(loso_args(synthetic_data, killed))
-    monkeypatch.setattr(evaluation.Evaluator, "run_unit", real_run_unit)
+    monkeypatch.setattr(evaluation, "train_unit", real_train_unit)
     assert len(unit_records(run_folder(killed))) == 2
     assert metrics_of(finetune.main(loso_args(synthetic_data, killed))) == metrics_of(single)
 
@@ -384,37 +385,39 @@ def test_shard_assignment(monkeypatch) -> None:
     and puts the process on cuda:<local rank> modulo the visible GPUs."""
     units = [f"spNO{i}" for i in range(1, 12)]
     for count in (1, 2, 3, 5, 11, 13):
-        shares = [evaluation.shard_of(units, (index, count)) for index in range(count)]
+        shares = [evaluation.shard_of(units, evaluation.Shard(index, count)) for index in range(count)]
         assert sum(map(len, shares)) == len(set().union(*shares)) == len(units)
-    assert evaluation.shard_of(units, (1, 3)) == ["spNO2", "spNO5", "spNO8", "spNO11"]
+    assert evaluation.shard_of(units, evaluation.Shard(1, 3)) == ["spNO2", "spNO5", "spNO8", "spNO11"]
     assert evaluation.shard_of(units, None) == units
 
-    def resolved(text: str, device: str = "auto", **env: str) -> argparse.Namespace:
+    def resolved(text: str, **env: str) -> evaluation.Shard | None:
         for names in evaluation.SHARD_ENVIRONMENTS:
             for name in names:
                 monkeypatch.delenv(name, raising=False)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        args = argparse.Namespace(shard=text, device=device)
-        evaluation.resolve_shard(args)
-        return args
+        return evaluation.parse_shard(text)
+
+    def device(shard: evaluation.Shard | None, flag: str = "auto") -> str:
+        return str(evaluation.eval_device(argparse.Namespace(shard=shard, device=flag)))
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolved("").shard is None
-    assert vars(resolved("1/3")) == {"shard": (1, 3), "device": "auto"}
-    assert resolved("auto", RANK="1", WORLD_SIZE="2", SLURM_PROCID="5", SLURM_NTASKS="8").shard == (1, 2)
-    assert resolved("auto", SLURM_PROCID="5", SLURM_NTASKS="8").shard == (5, 8)
+    assert resolved("") is None
+    assert resolved("1/3") == (1, 3, None)
+    assert resolved("auto", RANK="1", WORLD_SIZE="2", SLURM_PROCID="5", SLURM_NTASKS="8")[:2] == (1, 2)
+    assert resolved("auto", SLURM_PROCID="5", SLURM_NTASKS="8")[:2] == (5, 8)
     for bad in ("2/2", "1", "-1/2", "a/b"):
         with pytest.raises(UserError, match=f"--shard {bad}: expected I/N with 0 <= I < N"):
             resolved(bad)
     with pytest.raises(UserError, match="--shard auto: neither RANK/WORLD_SIZE"):
         resolved("auto")
+    assert device(resolved("auto", RANK="1", WORLD_SIZE="2", LOCAL_RANK="1")) == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert resolved("auto", RANK="3", WORLD_SIZE="4", LOCAL_RANK="3").device == "cuda:1"
-    assert resolved("auto", SLURM_PROCID="2", SLURM_NTASKS="4", SLURM_LOCALID="0").device == "cuda:0"
-    assert resolved("auto", "cpu", RANK="1", WORLD_SIZE="2", LOCAL_RANK="1").device == "cpu"
-    assert resolved("1/2", RANK="1", WORLD_SIZE="2", LOCAL_RANK="1").device == "auto"
+    assert device(resolved("auto", RANK="3", WORLD_SIZE="4", LOCAL_RANK="3")) == "cuda:1"
+    assert device(resolved("auto", SLURM_PROCID="2", SLURM_NTASKS="4", SLURM_LOCALID="0")) == "cuda:0"
+    assert device(resolved("auto", RANK="1", WORLD_SIZE="2", LOCAL_RANK="1"), "cpu") == "cpu"
+    assert device(resolved("1/2", RANK="1", WORLD_SIZE="2", LOCAL_RANK="1")) == "cuda"
 
 
 def test_sharded_loso_matches_one_process(synthetic_data: Path, tmp_path: Path, capsys) -> None:
@@ -480,13 +483,7 @@ def test_features_once_equal_per_epoch_extraction(synthetic_data: Path, tmp_path
     save_checkpoint(path, "alexnet", published=False)
     argv = loso_args(synthetic_data, tmp_path, "--freeze_encoder", "--epochs", "3", "--model_path", str(path))
     finetune.main([*argv, "--run_name", "once"])
-    real_init = evaluation.Evaluator.__init__
-
-    def per_epoch_init(self, *args, **kwargs) -> None:
-        real_init(self, *args, **kwargs)
-        self.use_features = False
-
-    monkeypatch.setattr(evaluation.Evaluator, "__init__", per_epoch_init)
+    monkeypatch.setattr(evaluation, "uses_cached_features", lambda args: False)
     finetune.main([*argv, "--run_name", "every_epoch"])
     once, every_epoch = unit_records(tmp_path / "once"), unit_records(tmp_path / "every_epoch")
     assert "extracted" in (tmp_path / "once" / "log.txt").read_text()
