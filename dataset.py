@@ -16,12 +16,13 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,13 +30,137 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from util import REPO_ROOT, UserError, process_only
+from util import REPO_ROOT, UserError, atomic_write_text, process_only
 
-VIEW_SUFFIXES = ("_depth", "_gray")
+# ---------------------------------------------------------------------------------------------
+# Data format: the one definition of what a data folder holds. The writers (scripts/datatools:
+# synthetic data, CAS(ME)^3 preparation) and the readers in this module share it, so a change
+# here reaches both sides.
+
+DEFAULT_CLASS_NAMES = {3: ("negative", "positive", "surprise"),
+                       4: ("negative", "others", "positive", "surprise")}
+DBTYPE_CASME3 = 0
+UNLABELED = -1  # the label of a pool pair
+LIST_FOLDER = "data"
+RGB_LISTS, DEPTH_LISTS = "v_rgb", "v_depth"
+SUBJECT_LIST = "subName.txt"  # in RGB_LISTS
+CLASS_LIST = "classes.txt"
 POOL_LIST = "pretrain.txt"
-DEFAULT_CLASS_NAMES = {3: ["negative", "positive", "surprise"],
-                       4: ["negative", "others", "positive", "surprise"]}
+LIST_LINE = "<path> <label> <dbtype> [intensity]"
+POOL_FOLDER = "casme3_pool"
+DEPTH_SUFFIX = "_depth"
+VIEW_SUFFIXES = (DEPTH_SUFFIX, "_gray")
+# Difference images are signed around mid-grey (see encode_difference); default gains per view:
+RGB_GAIN = 2.0  # grey levels per 8-bit level, so that +-64 levels fill the range
+DEPTH_GAIN = {8: 16.0, 16: 64.0}  # grey levels per mm by PNG bit depth: +-8 mm or +-512 mm fill it
 _SUBJECT_IN_NAME = re.compile(r"sp[Nn][Oo]\.?(\d+)")
+
+
+def file_subject(n: int) -> str:
+    """Subject `n` as spelled in file and folder names: `spNO.<n>`."""
+    return f"spNO.{n}"
+
+
+def list_subject(n: int) -> str:
+    """Subject `n` as spelled in list names, subName.txt and `Sample.subject`: `spNO<n>`."""
+    return f"spNO{n}"
+
+
+def subject_of(key: str) -> str:
+    """`spNO.166-b-837-...` -> `spNO166` (also `spNo166`, `spno.166`); '' when absent."""
+    match = _SUBJECT_IN_NAME.match(key)
+    return list_subject(int(match.group(1))) if match else ""
+
+
+def make_key(n: int, video: str, first: int, second: int) -> str:
+    """Sample key of frames `first` (onset) and `second` (apex) of subject `n`'s `video`:
+    `spNO.<n>-<video>-<second>-spNO.<n>-<video>-<first>_diff` (the published naming)."""
+    subject = file_subject(n)
+    return f"{subject}-{video}-{second}-{subject}-{video}-{first}_diff"
+
+
+def sample_key(path: str | Path) -> str:
+    """File stem without a trailing view suffix: `a_diff_depth.png` -> `a_diff`."""
+    stem = Path(path).stem
+    for suffix in VIEW_SUFFIXES:
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def image_folder(n_classes: int) -> str:
+    """Top folder of the labeled difference images: `casme3_diff_me<n_classes>`."""
+    return f"casme3_diff_me{n_classes}"
+
+
+def image_dirs(n_classes: int) -> tuple[str, str]:
+    """RGB and depth folders of the labeled images (a subfolder per class), relative to the data folder."""
+    base = image_folder(n_classes)
+    return f"{base}/casme3_diff_imgs_all", f"{base}/casme3_diff_depth_all"
+
+
+def labeled_paths(n_classes: int, class_name: str, key: str) -> tuple[str, str]:
+    """RGB and depth image paths of labeled sample `key`, relative to the data folder."""
+    rgb_dir, depth_dir = image_dirs(n_classes)
+    return _view_paths(f"{rgb_dir}/{class_name}", f"{depth_dir}/{class_name}", key)
+
+
+def pool_paths(n: int, key: str) -> tuple[str, str]:
+    """RGB and depth image paths of subject `n`'s pool pair `key`, relative to the data folder."""
+    subject = file_subject(n)
+    return _view_paths(f"{POOL_FOLDER}/rgb/{subject}", f"{POOL_FOLDER}/depth/{subject}", key)
+
+
+def _view_paths(rgb_dir: str, depth_dir: str, key: str) -> tuple[str, str]:
+    return f"{rgb_dir}/{key}.png", f"{depth_dir}/{key}{DEPTH_SUFFIX}.png"
+
+
+def split_list(subject: str, split: str) -> str:
+    """File name of a subject's LOSO list (`subject` as `list_subject` spells it, split 'train' or
+    'test')."""
+    return f"{subject}_{split}.txt"
+
+
+def list_line(path: str, label: int, intensity: float | None = None, intensity_format: str = ".6g",
+              dbtype: int = DBTYPE_CASME3) -> str:
+    """One list line (LIST_LINE): `<path> <label> <dbtype>`, then the intensity when given."""
+    line = f"{path} {label} {dbtype}"
+    return line if intensity is None else f"{line} {intensity:{intensity_format}}"
+
+
+def write_list(path: str | Path, lines: Iterable[str]) -> None:
+    """A list file (or any file of lines): every line ends with a newline; written atomically."""
+    atomic_write_text(path, "".join(f"{line}\n" for line in lines))
+
+
+def encode_difference(diff: np.ndarray, gain: float, bits: int = 8) -> np.ndarray:
+    """Signed difference (any shape) -> uint8 (`bits` 8) or uint16 (`bits` 16) of the same shape:
+    `clip(round(mid + gain * diff), 0, 2**bits - 1)`, mid = 2**(bits - 1), round half to even.
+
+    Mid-grey is no change; a change beyond +-mid/gain saturates instead of wrapping around as an
+    unsigned subtraction does.
+    """
+    mid, top = 1 << (bits - 1), (1 << bits) - 1
+    dtype = np.uint8 if bits == 8 else np.uint16
+    return np.clip(np.rint(mid + gain * np.asarray(diff, np.float64)), 0, top).astype(dtype)
+
+
+def write_png(path: str | Path, array: np.ndarray) -> None:
+    """Write a (H, W, 3) uint8 RGB, (H, W) uint8 grey or (H, W) uint16 grey image as a PNG with
+    Pillow (modes RGB, L, I;16), atomically: a temporary file in the same folder, then a rename."""
+    image = Image.fromarray(np.ascontiguousarray(array))
+    if image.mode not in ("RGB", "L", "I;16"):
+        raise ValueError(f"{path}: cannot write a {array.dtype} array of shape {array.shape} as a PNG")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        # level 1: difference images are noise-like, so stronger compression costs time for little
+        image.save(tmp, format="PNG", compress_level=1)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)
@@ -61,20 +186,6 @@ class Sample:
     rgb_source: str
     depth_source: str
 
-
-def sample_key(path: str | Path) -> str:
-    """File stem without a trailing view suffix: `a_diff_depth.png` -> `a_diff`."""
-    stem = Path(path).stem
-    for suffix in VIEW_SUFFIXES:
-        if stem.endswith(suffix):
-            return stem[: -len(suffix)]
-    return stem
-
-
-def subject_of(key: str) -> str:
-    """`spNO.166-b-837-...` -> `spNO166` (also `spNo166`, `spno.166`); '' when absent."""
-    match = _SUBJECT_IN_NAME.match(key)
-    return f"spNO{int(match.group(1))}" if match else ""
 
 
 def parse_prefixes(pairs: Sequence[str] | None) -> list[tuple[str, str]]:
@@ -129,7 +240,7 @@ def read_list(list_file: str | Path, data_folder: str | Path,
         source = f"{list_file}:{line_no}"
         fields = text.split()
         if len(fields) not in (3, 4):
-            raise UserError(f"{source}: expected '<path> <label> <dbtype> [intensity]', got {text!r}")
+            raise UserError(f"{source}: expected '{LIST_LINE}', got {text!r}")
         raw, label_text, dbtype_text = fields[:3]
         label = _parse_int(label_text, "label", source)
         if labeled and label < 0:
@@ -212,9 +323,9 @@ def _index_by_key(entries: Sequence[ListEntry]) -> dict[str, ListEntry]:
 def find_list_folder(data_folder: str | Path, list_folder: str | Path | None = None) -> Path:
     """The folder holding `v_rgb/` and `v_depth/`: `list_folder`, else `<data_folder>/data`,
     else the repository's `data/`."""
-    candidates = [Path(list_folder)] if list_folder else [Path(data_folder) / "data", REPO_ROOT / "data"]
+    candidates = [Path(list_folder)] if list_folder else [Path(data_folder) / LIST_FOLDER, REPO_ROOT / LIST_FOLDER]
     for folder in candidates:
-        if (folder / "v_rgb").is_dir() and (folder / "v_depth").is_dir():
+        if (folder / RGB_LISTS).is_dir() and (folder / DEPTH_LISTS).is_dir():
             return folder
     tried = " or ".join(str(c) for c in candidates)
     raise UserError(f"{tried}: no v_rgb/ and v_depth/ list folders found (set --list_folder)")
@@ -222,7 +333,7 @@ def find_list_folder(data_folder: str | Path, list_folder: str | Path | None = N
 
 def subject_names(list_folder: Path) -> list[str]:
     """Subjects listed in `v_rgb/subName.txt`, one per line."""
-    path = list_folder / "v_rgb" / "subName.txt"
+    path = list_folder / RGB_LISTS / SUBJECT_LIST
     if not path.is_file():
         raise UserError(f"{path}: subject list not found")
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
@@ -234,8 +345,8 @@ def subject_names(list_folder: Path) -> list[str]:
 def load_split(list_folder: Path, data_folder: Path, subject: str, split: str,
                prefixes: Sequence[tuple[str, str]] = (), strict_pairs: bool = False) -> list[Sample]:
     """Samples of `<subject>_<split>.txt` (split 'train' or 'test'), paired by key."""
-    rgb = read_list(list_folder / "v_rgb" / f"{subject}_{split}.txt", data_folder, prefixes)
-    depth = read_list(list_folder / "v_depth" / f"{subject}_{split}.txt", data_folder, prefixes)
+    rgb = read_list(list_folder / RGB_LISTS / split_list(subject, split), data_folder, prefixes)
+    depth = read_list(list_folder / DEPTH_LISTS / split_list(subject, split), data_folder, prefixes)
     return pair_views(rgb, depth, subject if split == "test" else "", strict_pairs)
 
 
@@ -265,7 +376,7 @@ def load_pool(list_folder: Path, data_folder: Path, prefixes: Sequence[tuple[str
     column or from `intensity_csv` (columns `key,intensity`). With `intensity_threshold` T only
     pairs with intensity >= T are kept (intensity perception) and the counts are printed.
     """
-    rgb_list, depth_list = list_folder / "v_rgb" / POOL_LIST, list_folder / "v_depth" / POOL_LIST
+    rgb_list, depth_list = list_folder / RGB_LISTS / POOL_LIST, list_folder / DEPTH_LISTS / POOL_LIST
     if rgb_list.is_file() or depth_list.is_file():
         samples = pair_views(read_list(rgb_list, data_folder, prefixes, labeled=False),
                              read_list(depth_list, data_folder, prefixes, labeled=False),
@@ -318,13 +429,13 @@ def _with_csv_intensity(samples: list[Sample], csv_path: Path) -> list[Sample]:
 
 def class_names(list_folder: Path, n_classes: int) -> list[str]:
     """Names from `classes.txt` beside the lists (or in `v_rgb/`), else the CAS(ME)^3 defaults."""
-    for path in (list_folder / "classes.txt", list_folder / "v_rgb" / "classes.txt"):
+    for path in (list_folder / CLASS_LIST, list_folder / RGB_LISTS / CLASS_LIST):
         if path.is_file():
             names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
             if len(names) < n_classes:
                 raise UserError(f"{path}: {len(names)} class names for {n_classes} classes")
             return names[:n_classes]
-    return DEFAULT_CLASS_NAMES.get(n_classes, [str(i) for i in range(n_classes)])
+    return list(DEFAULT_CLASS_NAMES.get(n_classes, [str(i) for i in range(n_classes)]))
 
 
 def check_labels(samples: Sequence[Sample], n_classes: int) -> None:
