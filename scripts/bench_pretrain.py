@@ -49,7 +49,7 @@ from unittest import mock  # noqa: E402
 
 import dataset  # noqa: E402
 import evaluation  # noqa: E402
-import synthetic  # noqa: E402
+from scripts.datatools.synthetic import generate as synthetic  # noqa: E402
 import util  # noqa: E402
 from models import build_model  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Write a synthetic CAS(ME)^3-like dataset in the real DVSCL layout (see synthetic.py).
+"""Write a synthetic CAS(ME)^3-like dataset in the real DVSCL layout (scripts/datatools/synthetic/).
 
     python scripts/make_synthetic_casme3.py --out DIR --seed 0
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import synthetic  # noqa: E402  (needs the repository root on sys.path)
+from scripts.datatools.synthetic import generate as synthetic  # noqa: E402  (after the sys.path line)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

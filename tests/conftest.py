@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-import synthetic
+from scripts.datatools.synthetic import generate as synthetic
 
 
 @pytest.fixture(scope="session")

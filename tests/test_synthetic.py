@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import synthetic
+from dataset import DEFAULT_CLASS_NAMES
+from scripts.datatools.synthetic import generate as synthetic
+from scripts.datatools.synthetic.render import measure_intensity
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = re.compile(r"^(spNO\.(\d+))-([a-m])-(\d+)-\1-\3-(\d+)_diff$")
@@ -60,7 +62,7 @@ def test_subjects_names_and_image_files(data: tuple[Path, dict]) -> None:
     assert sub_names == sorted(sub_names) == sorted(summary["subjects"])
     assert all(re.fullmatch(r"spNO\d+", s) for s in sub_names)
     classes = (root / "data/classes.txt").read_text().splitlines()
-    assert classes == list(synthetic.CLASS_NAMES_4)
+    assert classes == list(DEFAULT_CLASS_NAMES[4])
     for rgb in (root / synthetic.RGB_DIR).rglob("*.png"):
         m = NAME.match(rgb.stem)
         assert m and int(m.group(4)) >= int(m.group(5)), rgb.name
@@ -82,7 +84,7 @@ def test_loso_lists(data: tuple[Path, dict]) -> None:
             depth = read_lines(root / "data/v_depth" / f"{subject}_{split}.txt")
             for path, label, dbtype in rgb + depth:
                 assert (root / path).is_file(), path
-                assert dbtype == "0" and path.split("/")[-2] == synthetic.CLASS_NAMES_4[int(label)]
+                assert dbtype == "0" and path.split("/")[-2] == DEFAULT_CLASS_NAMES[4][int(label)]
             assert all(p.endswith("_diff.png") for p, *_ in rgb)
             assert all(p.endswith("_diff_depth.png") for p, *_ in depth)
             rgb_labels = {key_of(p): label for p, label, _ in rgb}
@@ -108,7 +110,7 @@ def test_class_shares_follow_casme3(data: tuple[Path, dict]) -> None:
     root, summary = data
     labels = [int(label) for subject in summary["subjects"]
               for _, label, _ in read_lines(root / "data/v_rgb" / f"{subject}_test.txt")]
-    counts = dict(zip(synthetic.CLASS_NAMES_4, np.bincount(labels, minlength=4).tolist()))
+    counts = dict(zip(DEFAULT_CLASS_NAMES[4], np.bincount(labels, minlength=4).tolist()))
     assert counts == summary["labeled"]["per_class"]
     assert counts["negative"] > counts["surprise"] > counts["others"] > counts["positive"] > 0
 
@@ -120,7 +122,7 @@ def test_three_classes(tmp_path: Path) -> None:
     lines = [line for subject in summary["subjects"]
              for line in read_lines(tmp_path / "data/v_rgb" / f"{subject}_test.txt")]
     assert {int(label) for _, label, _ in lines} == {0, 1, 2}
-    assert all(path.split("/")[-2] == synthetic.CLASS_NAMES_3[int(label)] for path, label, _ in lines)
+    assert all(path.split("/")[-2] == DEFAULT_CLASS_NAMES[3][int(label)] for path, label, _ in lines)
     per_class = summary["labeled"]["per_class"]
     assert per_class["negative"] > per_class["surprise"] > per_class["positive"]
 
@@ -156,7 +158,7 @@ def test_measure_intensity_is_mean_abs_difference_in_face() -> None:
     apex[3, 3] = 0  # outside the face: ignored
     mask = np.zeros((4, 4), bool)
     mask[:2, :2] = True
-    assert synthetic.measure_intensity(onset, apex, mask) == pytest.approx(20 / 12)
+    assert measure_intensity(onset, apex, mask) == pytest.approx(20 / 12)
 
 
 def test_micro_amplitude_and_zero_differences(data: tuple[Path, dict]) -> None:

@@ -1,0 +1,1 @@
+"""Command-line tools beside the entry scripts; `scripts.datatools` holds the data tooling they run."""

@@ -1,0 +1,374 @@
+"""Synthetic CAS(ME)^3-like micro-expression data, written in the real DVSCL layout.
+
+Subjects (``spNO.<n>`` in file names, ``spNO<n>`` in list names) get their own face
+(`scripts.datatools.synthetic.face`); a sample is an onset frame and an apex frame that differs
+from it by AU-like deformations of micro-expression amplitude: about one pixel of displacement at
+72 px, about three at the most (scaled with the image size; the summary reports the largest),
+rendered by `scripts.datatools.synthetic.render`.
+
+Classes (`dataset.DEFAULT_CLASS_NAMES`: 4-class labels 0 negative, 1 others, 2 positive, 3
+surprise; 3-class drops others) are carried by AU patterns with intra-class variation (AU subset,
+amplitude, left/right asymmetry), see ``CLASS_PATTERNS``. Class shares follow the CAS(ME)^3
+test-list totals (``CASME3_TEST_COUNTS``); per-subject sample counts are heavy-tailed; a share of
+labeled samples has apex == onset (an all-zero difference), as some published samples do; and a
+share ``label_noise`` carries the AU pattern of another class than its label, as self-reported
+emotions are noisy.
+
+The unlabeled pre-training pool holds pairs of the labeled subjects and of ``pool_only_subjects``
+extra subjects (as CAS(ME)^3 part B). A share ``low_intensity_share`` of them has no AU at all (noise,
+head motion and flicker only); the others carry 1-3 random AUs. Its intensity column is measured,
+not the hidden truth: the mean absolute RGB difference of the two 8-bit frames (0..255 units,
+averaged over channels) inside the face region. A threshold separates most noise-only pairs from AU
+pairs, not all. ``casme3_pool/ground_truth.csv`` holds the truth (``has_motion``, AU list).
+
+File names, list lines, class names and the difference encoding are those of the data format in
+`dataset.py`.
+
+Generation is deterministic: the same arguments give byte-identical files (every pair has its own
+random stream, keyed by seed, subject and index). The output folder holds a marker
+``synthetic_casme3.json`` (generator, arguments, counts); a non-empty folder without it is never
+written into, and regenerating into a marked folder first removes only what the generator owns
+(``OWNED_ENTRIES``).
+
+Public API: ``generate_dataset``, ``SyntheticError`` and the module constants.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from dataset import (CLASS_LIST, DEFAULT_CLASS_NAMES, DEPTH_LISTS, LIST_FOLDER, POOL_FOLDER, POOL_LIST,
+                     RGB_LISTS, SUBJECT_LIST, UNLABELED, image_dirs, image_folder, labeled_paths, list_line,
+                     list_subject, make_key, pool_paths, split_list, write_list, write_png)
+from scripts.datatools.synthetic.face import AU_NAMES, make_subject
+from scripts.datatools.synthetic.render import render_pair
+
+CASME3_TEST_COUNTS = {"negative": 508, "others": 170, "positive": 64, "surprise": 201}
+
+MARKER_NAME = "synthetic_casme3.json"
+GENERATOR_ID = "dvscl-synthetic-casme3-1"
+# Labeled images go under the 4-class folder even with 3 classes: the layout earlier outputs had.
+IMAGE_CLASSES = 4
+RGB_DIR, DEPTH_DIR = image_dirs(IMAGE_CLASSES)
+OWNED_ENTRIES = (image_folder(IMAGE_CLASSES), POOL_FOLDER, LIST_FOLDER, MARKER_NAME)
+
+
+# class -> patterns (weight, AUs always present, AUs present with probability 1/2)
+CLASS_PATTERNS: dict[str, tuple[tuple[float, tuple[str, ...], tuple[str, ...]], ...]] = {
+    "negative": ((0.30, ("AU4",), ("AU7",)),
+                 (0.20, ("AU4", "AU15"), ()),
+                 (0.20, ("AU9",), ("AU10", "AU4")),
+                 (0.15, ("AU15",), ("AU17",)),
+                 (0.15, ("AU10",), ("AU4",))),
+    "others": ((0.35, ("AU14",), ()),
+               (0.35, ("AU45",), ()),
+               (0.30, ("AU17",), ("AU14",))),
+    "positive": ((0.70, ("AU12", "AU6"), ()),
+                 (0.30, ("AU12",), ())),
+    "surprise": ((0.50, ("AU1", "AU2"), ("AU5", "AU26")),
+                 (0.30, ("AU1", "AU2", "AU26"), ()),
+                 (0.20, ("AU26",), ("AU5",))),
+}
+
+VIDEOS = "abcdefghijklm"
+POOL_INDEX_OFFSET = 1_000_000  # per-sample random streams: labeled i -> i, pool j -> offset + j
+POOL_DECIMALS = 4  # pool intensities are rounded once, so that the lists and the summary agree
+
+
+class SyntheticError(ValueError):
+    """Bad argument or unusable output folder; the message is one line."""
+
+
+class _PoolRow(NamedTuple):
+    """A rendered pool pair as it goes into the lists and the ground truth."""
+
+    key: str
+    rgb_path: str
+    depth_path: str
+    intensity: float
+    aus: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One pair to render: where it goes and what it carries."""
+
+    index: int  # per-subject random stream: labeled samples 0.., pool pairs POOL_INDEX_OFFSET + j
+    key: str  # file stem, e.g. spNO.3-b-120-spNO.3-b-114_diff
+    rgb_path: str
+    depth_path: str
+    label: int  # -1 for pool pairs
+    aus: tuple[str, ...]  # empty: no facial movement
+    same_frame: bool  # apex == onset: an all-zero difference
+
+
+def _draw_class_aus(rng: np.random.Generator, class_name: str) -> tuple[str, ...]:
+    """The AUs of one sample of `class_name`: a pattern drawn by weight, its optional AUs by coin."""
+    patterns = CLASS_PATTERNS[class_name]
+    weights = np.array([p[0] for p in patterns])
+    _, required, optional = patterns[rng.choice(len(patterns), p=weights / weights.sum())]
+    return required + tuple(name for name in optional if rng.random() < 0.5)
+
+
+def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
+    """Split ``total`` into integer parts proportional to ``weights``."""
+    exact = total * weights / weights.sum()
+    counts = np.floor(exact).astype(int)
+    order = np.argsort(-(exact - counts), kind="stable")
+    counts[order[: total - counts.sum()]] += 1
+    return counts
+
+
+def _draw_frames(rng: np.random.Generator, used: set[tuple[str, int, int]], same_frame: bool
+                 ) -> tuple[str, int, int]:
+    """A video letter and (later, earlier) frame numbers not used before for this subject."""
+    while True:
+        video = VIDEOS[rng.integers(len(VIDEOS))]
+        first = int(rng.integers(30, 4000))
+        gap = 0 if same_frame else int(np.clip(round(rng.lognormal(math.log(6.0), 0.5)), 1, 30))
+        choice = (video, first + gap, first)
+        if choice not in used:
+            used.add(choice)
+            return choice
+
+
+def _validate(args: dict) -> None:
+    """Raise SyntheticError for arguments outside what the generator supports."""
+    if args["n_subjects"] < 2:
+        raise SyntheticError(f"n_subjects must be at least 2 (LOSO), got {args['n_subjects']}")
+    if args["pool_only_subjects"] < 0 or args["n_subjects"] + args["pool_only_subjects"] > 217:
+        raise SyntheticError("n_subjects + pool_only_subjects must be within 2..217 (spNO.1 to spNO.217)")
+    if args["samples_per_subject"] < 1 or args["pool_per_subject"] < 0:
+        raise SyntheticError("samples_per_subject must be >= 1 and pool_per_subject >= 0")
+    if args["image_size"] < 32:
+        raise SyntheticError(f"image_size must be at least 32, got {args['image_size']}")
+    if args["n_classes"] not in (3, 4):
+        raise SyntheticError(f"n_classes must be 3 or 4, got {args['n_classes']}")
+    if args["depth_bits"] not in (8, 16):
+        raise SyntheticError(f"depth_bits must be 8 or 16, got {args['depth_bits']}")
+    for name in ("low_intensity_share", "apex_equals_onset_share", "label_noise"):
+        if not 0.0 <= args[name] <= 1.0:
+            raise SyntheticError(f"{name} must be within [0, 1], got {args[name]}")
+
+
+def _prepare_out_dir(out: Path, arguments: dict) -> None:
+    """Refuse foreign non-empty folders; clear what an earlier run owned; mark the folder."""
+    if out.exists() and not out.is_dir():
+        raise SyntheticError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        marker = out / MARKER_NAME
+        try:
+            owned = json.loads(marker.read_text()).get("generator") == GENERATOR_ID
+        except (OSError, ValueError, AttributeError):
+            owned = False
+        if not owned:
+            raise SyntheticError(f"{out} is not empty and is not a synthetic CAS(ME)^3 output "
+                                 f"(no {MARKER_NAME}): refusing to write into it")
+        for name in OWNED_ENTRIES:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / MARKER_NAME, {"generator": GENERATOR_ID, "complete": False, "arguments": arguments})
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _other_order(rng: np.random.Generator, lines: list[str]) -> list[str]:
+    """The same lines in a different order (any order differs once there are two lines)."""
+    order = rng.permutation(len(lines))
+    if len(lines) > 1 and np.array_equal(order, np.arange(len(lines))):
+        order = np.roll(order, 1)
+    return [lines[i] for i in order]
+
+
+def _best_threshold(values: np.ndarray, positive: np.ndarray) -> float:
+    """Intensity threshold (keep >= t) with the best balanced accuracy of motion vs noise."""
+    if positive.all() or not positive.any():
+        return 0.0
+    order = np.argsort(values, kind="stable")
+    v, p = values[order], positive[order]
+    # cut before position i: noise below = cumsum of ~p up to i, motion kept = motion from i on
+    noise_below = np.concatenate([[0], np.cumsum(~p)]) / (~p).sum()
+    motion_kept = 1.0 - np.concatenate([[0], np.cumsum(p)]) / p.sum()
+    cuts = np.concatenate([[v[0] - 1.0], (v[:-1] + v[1:]) / 2, [v[-1] + 1.0]])
+    return round(float(cuts[int(np.argmax(noise_below + motion_kept))]), 5)
+
+
+def _exact_mask(rng: np.random.Generator, n: int, share: float) -> np.ndarray:
+    """(n,) bool with exactly round(share * n) randomly placed True values."""
+    mask = np.zeros(n, bool)
+    mask[rng.choice(n, int(round(share * n)), replace=False)] = True
+    return mask
+
+
+def _plan(args: dict, rng: np.random.Generator) -> tuple[list[int], list[int], dict[int, list[_Plan]]]:
+    """Draw subjects, per-subject counts, labels, file names and AUs.
+
+    Returns all subject numbers, the labeled ones, and each subject's pairs (labeled first).
+    """
+    n_subjects, seed = args["n_subjects"], args["seed"]
+    classes = DEFAULT_CLASS_NAMES[args["n_classes"]]
+    drawn = rng.choice(217, n_subjects + args["pool_only_subjects"], replace=False)
+    numbers = sorted(int(n) + 1 for n in drawn)
+    labeled_numbers = sorted(int(n) for n in rng.choice(numbers, n_subjects, replace=False))
+
+    total = n_subjects * args["samples_per_subject"]
+    weights = rng.lognormal(0.0, 0.9, n_subjects)
+    per_subject = 1 + rng.multinomial(total - n_subjects, weights / weights.sum())
+    shares = np.array([CASME3_TEST_COUNTS[c] for c in classes], float)
+    labels = rng.permutation(np.repeat(np.arange(len(classes)), _largest_remainder(total, shares)))
+    same = _exact_mask(rng, total, args["apex_equals_onset_share"])
+    noisy = _exact_mask(rng, total, args["label_noise"])
+    n_pool = args["pool_per_subject"] * len(numbers)
+    noise_only = _exact_mask(rng, n_pool, args["low_intensity_share"])
+
+    plans: dict[int, list[_Plan]] = {n: [] for n in numbers}
+    used: dict[int, set[tuple[str, int, int]]] = {n: set() for n in numbers}
+    for i, number in enumerate(np.repeat(labeled_numbers, per_subject)):
+        cls = classes[labels[i]]
+        video, second, first = _draw_frames(rng, used[number], bool(same[i]))
+        key = make_key(number, video, first, second)
+        au_rng = np.random.default_rng([seed, 3, i])
+        pattern = cls if not noisy[i] else au_rng.choice([c for c in classes if c != cls])
+        plans[number].append(_Plan(len(plans[number]), key, *labeled_paths(IMAGE_CLASSES, cls, key),
+                                   int(labels[i]), _draw_class_aus(au_rng, str(pattern)), bool(same[i])))
+    for j, number in enumerate(np.repeat(numbers, args["pool_per_subject"])):
+        video, second, first = _draw_frames(rng, used[number], False)
+        key = make_key(number, video, first, second)
+        au_rng = np.random.default_rng([seed, 4, j])
+        n_aus = 0 if noise_only[j] else int(au_rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))
+        aus = tuple(sorted(au_rng.choice(AU_NAMES, n_aus, replace=False), key=AU_NAMES.index))
+        plans[number].append(_Plan(POOL_INDEX_OFFSET + j, key, *pool_paths(number, key), UNLABELED, aus,
+                                   False))
+    return numbers, labeled_numbers, plans
+
+
+def generate_dataset(out_dir: str | Path, seed: int = 0, n_subjects: int = 10,
+                     samples_per_subject: int = 30, pool_per_subject: int = 50,
+                     pool_only_subjects: int = 2, image_size: int = 72, n_classes: int = 4,
+                     low_intensity_share: float = 0.4, apex_equals_onset_share: float = 0.05,
+                     label_noise: float = 0.1, depth_bits: int = 8) -> dict:
+    """Write a synthetic CAS(ME)^3-like dataset under ``out_dir`` and return a summary.
+
+    Labeled: ``n_subjects * samples_per_subject`` samples with heavy-tailed per-subject counts (at
+    least one each) and CAS(ME)^3 class shares; ``apex_equals_onset_share`` of them have an all-zero
+    difference and ``label_noise`` of them carry the AU pattern of another class (noisy
+    self-reports). Pool: ``pool_per_subject`` pairs for every labeled subject and for
+    ``pool_only_subjects`` unlabeled subjects, ``low_intensity_share`` of them noise-only. Images
+    are ``image_size`` px squares; depth differences are 8- or 16-bit (``depth_bits``).
+
+    Returns a JSON-able dict: arguments, subjects, labeled counts (total, per class, per subject,
+    apex == onset, label noise), pool counts (pairs, with motion, noise only, the intensity
+    threshold that best separates them and what it keeps), the largest AU displacement in pixels,
+    and ``seconds``. Raises ``SyntheticError`` for bad arguments or a non-empty folder that is not a
+    synthetic output.
+    """
+    start = time.perf_counter()
+    args = dict(seed=seed, n_subjects=n_subjects, samples_per_subject=samples_per_subject,
+                pool_per_subject=pool_per_subject, pool_only_subjects=pool_only_subjects,
+                image_size=image_size, n_classes=n_classes, low_intensity_share=low_intensity_share,
+                apex_equals_onset_share=apex_equals_onset_share, label_noise=label_noise,
+                depth_bits=depth_bits)
+    _validate(args)
+    out = Path(out_dir)
+    _prepare_out_dir(out, args)
+    rng = np.random.default_rng([seed, 0])
+    numbers, labeled_numbers, plans = _plan(args, rng)
+
+    labeled_lines: dict[int, list[tuple[str, str]]] = {n: [] for n in labeled_numbers}
+    pool_rows: list[_PoolRow] = []
+    max_disp = 0.0
+    for number in numbers:
+        subj = make_subject(seed, number, image_size)
+        for plan in plans[number]:
+            rendered = render_pair(subj, plan.index, plan.aus, plan.same_frame, seed, depth_bits)
+            write_png(out / plan.rgb_path, rendered.rgb)
+            write_png(out / plan.depth_path, rendered.depth)
+            max_disp = max(max_disp, rendered.max_displacement_px)
+            if plan.label >= 0:
+                labeled_lines[number].append((list_line(plan.rgb_path, plan.label),
+                                              list_line(plan.depth_path, plan.label)))
+            else:
+                intensity = round(rendered.intensity, POOL_DECIMALS)
+                pool_rows.append(_PoolRow(plan.key, plan.rgb_path, plan.depth_path, intensity, plan.aus))
+
+    classes = DEFAULT_CLASS_NAMES[n_classes]
+    _write_lists(out, rng, classes, labeled_lines, pool_rows)
+    summary = _summary(args, classes, labeled_numbers, numbers, plans, pool_rows, max_disp)
+    _write_json(out / MARKER_NAME, {"generator": GENERATOR_ID, "complete": True, **summary})
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    return summary
+
+
+def _write_lists(out: Path, rng: np.random.Generator, classes: tuple[str, ...],
+                 labeled_lines: dict[int, list[tuple[str, str]]], pool_rows: list[_PoolRow]) -> None:
+    """classes.txt, subName.txt, per-subject LOSO lists and the pool lists + ground truth."""
+    data = out / LIST_FOLDER
+    write_list(data / CLASS_LIST, classes)
+    write_list(data / RGB_LISTS / SUBJECT_LIST, sorted(list_subject(n) for n in labeled_lines))
+    rgb_of = {n: sorted(rgb for rgb, _ in pairs) for n, pairs in labeled_lines.items()}
+    depth_of = {n: [d for _, d in pairs] for n, pairs in labeled_lines.items()}
+    for number in labeled_lines:
+        list_name = list_subject(number)
+        others = [m for m in labeled_lines if m != number]
+        for split, members in (("test", [number]), ("train", others)):
+            rgb_lines = sorted(line for m in members for line in rgb_of[m])
+            depth_lines = _other_order(rng, sorted(line for m in members for line in depth_of[m]))
+            write_list(data / RGB_LISTS / split_list(list_name, split), rgb_lines)
+            write_list(data / DEPTH_LISTS / split_list(list_name, split), depth_lines)
+    pool_rows = sorted(pool_rows)
+    write_list(data / RGB_LISTS / POOL_LIST,
+               [list_line(r.rgb_path, UNLABELED, r.intensity, f".{POOL_DECIMALS}f") for r in pool_rows])
+    write_list(data / DEPTH_LISTS / POOL_LIST, _other_order(
+        rng, [list_line(r.depth_path, UNLABELED, r.intensity, f".{POOL_DECIMALS}f") for r in pool_rows]))
+    write_list(out / POOL_FOLDER / "ground_truth.csv",
+                 ["key,subject,has_motion,aus"]
+                 + [f"{r.key},{r.key.split('-')[0]},{int(bool(r.aus))},{'+'.join(r.aus)}" for r in pool_rows])
+
+
+def _summary(args: dict, classes: tuple[str, ...], labeled_numbers: list[int], numbers: list[int],
+             plans: dict[int, list[_Plan]], pool_rows: list[_PoolRow], max_displacement_px: float) -> dict:
+    """Counts of what was written (deterministic: no paths, no timing)."""
+    labeled = [p for n in labeled_numbers for p in plans[n] if p.label >= 0]
+    per_class = Counter(classes[p.label] for p in labeled)
+    intensity = np.array([row.intensity for row in pool_rows])
+    motion = np.array([bool(row.aus) for row in pool_rows], bool)
+    threshold = _best_threshold(intensity, motion)
+    kept = intensity >= threshold
+    return {
+        "arguments": args,
+        "classes": list(classes),
+        "subjects": [list_subject(n) for n in labeled_numbers],
+        "pool_only_subjects": [list_subject(n) for n in numbers if n not in labeled_numbers],
+        "labeled": {
+            "total": len(labeled),
+            "per_class": {c: per_class[c] for c in classes},
+            "per_subject": {list_subject(n): sum(p.label >= 0 for p in plans[n]) for n in labeled_numbers},
+            "apex_equals_onset": sum(p.same_frame for p in labeled),
+            "label_noise": int(round(args["label_noise"] * len(labeled))),
+        },
+        "pool": {
+            "pairs": len(pool_rows),
+            "with_motion": int(motion.sum()),
+            "noise_only": int((~motion).sum()),
+            "intensity_threshold": threshold,
+            "kept": int(kept.sum()),
+            "dropped": int((~kept).sum()),
+            "noise_dropped": int((~kept & ~motion).sum()),
+            "motion_kept": int((kept & motion).sum()),
+        },
+        "max_au_displacement_px": round(max_displacement_px, 3),
+    }

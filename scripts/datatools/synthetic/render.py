@@ -1,0 +1,166 @@
+"""Synthetic frames: a subject's onset and apex frames and the difference images of the pair.
+
+The RGB frame is albedo x Lambert shading of the height map; the depth frame is the camera
+distance minus the height, in integer millimetres (0 = no measurement), as the 16-bit depth PNGs
+of the real database. Both frames carry a head pose (per clip), and the apex adds a tiny head
+motion (translation, roll, movement along the optical axis), a lighting flicker and the AU field.
+Sensor noise: Gaussian RGB noise (level drawn per clip) with 8-bit quantisation; Gaussian depth
+noise, 1 mm quantisation, persistent holes in the hair, flickering holes along the silhouette and
+sparse random dropouts.
+
+Differences are encoded by `dataset.encode_difference` with `dataset.RGB_GAIN` (RGB, frames in
+0..255) and `dataset.DEPTH_GAIN[bits]` (depth, frames in mm). The depth difference is a plain
+subtraction, so a hole in one frame only makes a saturated pixel, as in the real frames.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from dataset import DEPTH_GAIN, RGB_GAIN, encode_difference
+from scripts.datatools.synthetic.face import AU_NAMES, Subject
+
+REFERENCE_SIZE = 72  # image size at which the head-motion amplitudes (px) are stated; they scale with it
+
+
+def _bilinear(maps: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
+    """Sample (C, S, S) maps at pixel positions (sx, sy), each (S, S), clamped at the border."""
+    size = maps.shape[-1]
+    sx = np.clip(sx, 0.0, size - 1.0).ravel()
+    sy = np.clip(sy, 0.0, size - 1.0).ravel()
+    x0 = np.minimum(np.floor(sx), size - 2)
+    y0 = np.minimum(np.floor(sy), size - 2)
+    fx, fy = sx - x0, sy - y0
+    flat = maps.reshape(maps.shape[0], -1)
+    i00 = (y0 * size + x0).astype(np.int32)
+    v00, v01 = np.take(flat, i00, axis=1), np.take(flat, i00 + 1, axis=1)
+    v10, v11 = np.take(flat, i00 + size, axis=1), np.take(flat, i00 + size + 1, axis=1)
+    top = v00 + fx * (v01 - v00)
+    low = v10 + fx * (v11 - v10)
+    return (top + fy * (low - top)).reshape(maps.shape)
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """Per-frame rendering conditions."""
+
+    angle: float
+    shift: tuple[float, float]
+    dz_mm: float  # head movement towards the camera
+    brightness: float
+
+
+def _render_frame(subj: Subject, frame: _Frame, au_field: np.ndarray | None, rgb_sigma: float,
+                  depth_sigma: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One RGB frame (S, S, 3) uint8 and depth frame (S, S) int32 mm (0 = hole).
+
+    The head is rotated by ``frame.angle``, shifted by ``frame.shift`` px and moved
+    ``frame.dz_mm`` towards the camera; ``au_field`` (3, S, S) adds the AU displacement dx, dy
+    (px) and height change (mm).
+    """
+    g = subj.geometry
+    scale = subj.distance_mm / (subj.distance_mm - frame.dz_mm)
+    c, s = math.cos(frame.angle) / scale, math.sin(frame.angle) / scale
+    dx = subj.grid[0] - np.float32(g.cx + frame.shift[0])
+    dy = subj.grid[1] - np.float32(g.cy + frame.shift[1])
+    sx, sy = g.cx + c * dx + s * dy, g.cy - s * dx + c * dy
+    if au_field is not None:
+        sx, sy = sx - au_field[0], sy - au_field[1]
+    m = _bilinear(subj.maps, sx, sy)
+    albedo, cover, holes = m[0:3], m[4], m[5]
+    height = m[3] + cover * np.float32(frame.dz_mm)
+    if au_field is not None:
+        height = height + au_field[2]
+
+    gy, gx = np.gradient(height / np.float32(subj.pitch_mm))
+    lx, ly, lz = subj.light.astype(np.float32)
+    lambert = np.maximum((lz - gx * lx - gy * ly) / np.sqrt(gx * gx + gy * gy + 1.0), 0.0)
+    shade = cover * (subj.ambient + subj.diffuse * lambert) + (1.0 - cover) * subj.background_shade
+    rgb = albedo * (shade * np.float32(255.0 * subj.exposure * frame.brightness))
+    rgb += rng.standard_normal(rgb.shape, dtype=np.float32) * np.float32(rgb_sigma)
+    rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+    noise = rng.standard_normal(height.shape, dtype=np.float32) * np.float32(depth_sigma)
+    depth = subj.distance_mm - height + noise
+    silhouette = (cover > 0.02) & (cover < 0.98)
+    dropout_rate = np.where(silhouette, np.float32(0.35), np.float32(0.002))
+    dropout = rng.random(height.shape, dtype=np.float32) < dropout_rate
+    valid = (cover >= 0.5) & (holes < 0.5) & ~dropout
+    return rgb, np.where(valid, np.rint(depth), 0).astype(np.int32)
+
+
+def measure_intensity(rgb_onset: np.ndarray, rgb_apex: np.ndarray, face_mask: np.ndarray) -> float:
+    """Mean absolute difference of two 8-bit RGB frames (S, S, 3) inside ``face_mask`` (S, S).
+
+    In 0..255 units, averaged over channels and face pixels.
+    """
+    diff = np.abs(rgb_apex.astype(np.int16) - rgb_onset.astype(np.int16))
+    return float(diff[face_mask].mean())
+
+
+def _draw_coefficients(rng: np.random.Generator, aus: tuple[str, ...]) -> np.ndarray:
+    """(n_AU, 2) left/right amplitudes: one intensity per clip, per-AU jitter, asymmetry."""
+    coeffs = np.zeros((len(AU_NAMES), 2))
+    intensity = float(np.clip(rng.lognormal(0.0, 0.3), 0.45, 1.3))
+    for name in aus:
+        amp = intensity * rng.uniform(0.8, 1.2)
+        if rng.random() < 0.15:
+            sides = np.array([1.0, 0.15])[rng.permutation(2)]
+        else:
+            sides = 1.0 + rng.uniform(-0.2, 0.2, 2)
+        coeffs[AU_NAMES.index(name)] = amp * sides
+    return coeffs
+
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered pair: encoded differences, measured intensity, largest AU displacement (px)."""
+
+    rgb: np.ndarray  # (S, S, 3) uint8 encoded difference
+    depth: np.ndarray  # (S, S) uint8 / uint16 encoded difference
+    intensity: float
+    max_displacement_px: float
+
+
+def _encode(rgb0: np.ndarray, rgb1: np.ndarray, depth0: np.ndarray, depth1: np.ndarray,
+            depth_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(S, S, 3) uint8 RGB and (S, S) uint8 / uint16 depth differences of two frames."""
+    rgb = encode_difference(rgb1.astype(np.float64) - rgb0, RGB_GAIN)
+    depth = encode_difference(depth1.astype(np.float64) - depth0, DEPTH_GAIN[depth_bits], depth_bits)
+    return rgb, depth
+
+
+def render_pair(subj: Subject, stream: int, aus: tuple[str, ...], same_frame: bool, seed: int,
+                depth_bits: int) -> Rendered:
+    """Render the onset and apex frames of one pair and encode their difference.
+
+    `stream` selects the pair's own random stream ``[seed, 2, subject, stream]``; `aus` move the
+    apex (empty: no facial movement); `same_frame` makes apex == onset (an all-zero difference).
+    """
+    rng = np.random.default_rng([seed, 2, subj.number, stream])
+    px = subj.maps.shape[-1] / REFERENCE_SIZE
+    onset = _Frame(angle=math.radians(rng.normal(0.0, 1.0)),
+                   shift=(rng.normal(0.0, 0.6 * px), rng.normal(0.0, 0.6 * px)),
+                   dz_mm=rng.normal(0.0, 3.0), brightness=1.0)
+    apex = _Frame(angle=onset.angle + math.radians(rng.normal(0.0, 0.06)),
+                  shift=(onset.shift[0] + rng.normal(0.0, 0.05 * px),
+                         onset.shift[1] + rng.normal(0.0, 0.05 * px)),
+                  dz_mm=onset.dz_mm + rng.normal(0.0, 0.3), brightness=1.0 + rng.normal(0.0, 0.003))
+    rgb_sigma = float(np.exp(rng.normal(math.log(1.4), 0.12)))
+    depth_sigma = rng.uniform(0.35, 0.6)
+    rgb0, depth0 = _render_frame(subj, onset, None, rgb_sigma, depth_sigma, rng)
+    if same_frame:
+        return Rendered(*_encode(rgb0, rgb0, depth0, depth0, depth_bits), 0.0, 0.0)
+    field = None
+    if aus:
+        coeffs = _draw_coefficients(rng, aus).ravel()
+        active = np.nonzero(coeffs)[0]
+        flat_basis = subj.basis.reshape(-1, *subj.basis.shape[2:])
+        field = np.tensordot(coeffs[active].astype(np.float32), flat_basis[active], axes=1)
+    rgb1, depth1 = _render_frame(subj, apex, field, rgb_sigma, depth_sigma, rng)
+    max_disp = 0.0 if field is None else float(np.sqrt(field[0] ** 2 + field[1] ** 2).max())
+    return Rendered(*_encode(rgb0, rgb1, depth0, depth1, depth_bits),
+                    measure_intensity(rgb0, rgb1, subj.face_mask), max_disp)
