@@ -5,10 +5,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from casme3_fake import build_fake_release  # noqa: E402
+from scripts.datatools.fake_release import build_fake_release  # noqa: E402
 
 
 def main() -> None:
+    """Build the release under --out and print where its parts are."""
     parser = argparse.ArgumentParser(description="Write a tiny fake CAS(ME)^3 release (not real data).")
     parser.add_argument("--out", required=True, help="folder to create the fake release in")
     release = build_fake_release(parser.parse_args().out)

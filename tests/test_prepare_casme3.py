@@ -1,4 +1,5 @@
-"""CAS(ME)^3 preparation (`casme3_prep`, `casme3_images`) on the fake release of `casme3_fake`."""
+"""CAS(ME)^3 preparation (`scripts.datatools.casme3`, `scripts/prepare_casme3.py`) on the fake release of
+`scripts.datatools.fake_release`."""
 from __future__ import annotations
 
 import csv
@@ -12,11 +13,13 @@ import cv2
 import numpy as np
 import pytest
 
-import casme3_fake as fake
-import casme3_images as ci
-import casme3_prep as prep
 import dataset
 import util
+from scripts import prepare_casme3 as cli
+from scripts.datatools import fake_release as fake
+from scripts.datatools.casme3 import annotations
+from scripts.datatools.casme3 import images as ci
+from scripts.datatools.casme3.pool import pool_pairs
 
 REPO = Path(__file__).resolve().parent.parent
 GAP, STRIDE = 6, 3
@@ -48,7 +51,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> fake.FakeRelease:
 @pytest.fixture(scope="module")
 def prepared(release: fake.FakeRelease, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("prepared") / "casme3"
-    return out, prep.main(full_argv(release, out))
+    return out, cli.main(full_argv(release, out))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,12 +60,12 @@ def prepared(release: fake.FakeRelease, tmp_path_factory: pytest.TempPathFactory
 
 def test_encoding_is_signed_around_mid_grey_and_saturates() -> None:
     diff = np.array([-200.0, -3.0, -0.2, 0.0, 3.0, 200.0])
-    assert ci.encode_difference(diff, 2.0).tolist() == [0, 122, 128, 128, 134, 255]
-    assert ci.encode_difference(diff, 1.0).dtype == np.uint8
+    assert dataset.encode_difference(diff, 2.0).tolist() == [0, 122, 128, 128, 134, 255]
+    assert dataset.encode_difference(diff, 1.0).dtype == np.uint8
     first = np.array([[500, 0, 510, 700]], np.uint16)
     second = np.array([[496, 480, 0, 702]], np.uint16)
     assert ci.depth_difference(first, second).tolist() == [[-4.0, 0.0, 0.0, 2.0]]
-    assert ci.encode_difference(ci.depth_difference(first, second), 16.0).tolist() == [[64, 128, 128, 160]]
+    assert dataset.encode_difference(ci.depth_difference(first, second), 16.0).tolist() == [[64, 128, 128, 160]]
 
 
 def test_boxes() -> None:
@@ -76,16 +79,16 @@ def test_boxes() -> None:
 
 def test_names_and_pairs() -> None:
     for spelling in ("spNO.12", "spNo.12", "spNO12", "SPNO.012", 12, 12.0, "12"):
-        assert prep.parse_subject(spelling) == 12
-    assert prep.parse_subject("sub12") is None
-    assert prep.pair_key(166, "b", 834, 837) == "spNO.166-b-837-spNO.166-b-834_diff"
-    assert prep.pool_pairs(range(1, 37), 6, 3, [(5, 13), (14, 22)]) == ([(25, 31), (28, 34)], 0)
+        assert annotations.parse_subject(spelling) == 12
+    assert annotations.parse_subject("sub12") is None
+    assert dataset.make_key(166, "b", 834, 837) == "spNO.166-b-837-spNO.166-b-834_diff"
+    assert pool_pairs(range(1, 37), 6, 3, [(5, 13), (14, 22)]) == ([(25, 31), (28, 34)], 0)
     without_31 = [(p, p + 6) for p in range(1, 29, 3) if p != 25]
-    assert prep.pool_pairs(set(range(1, 37)) - {31}, 6, 3, []) == (without_31, 1)
+    assert pool_pairs(set(range(1, 37)) - {31}, 6, 3, []) == (without_31, 1)
 
 
 def test_class_maps(tmp_path: Path) -> None:
-    four, three = prep.builtin_class_map(4), prep.builtin_class_map(3)
+    four, three = annotations.builtin_class_map(4), annotations.builtin_class_map(3)
     assert four.classes == ("negative", "others", "positive", "surprise")
     assert {e: four.labels[e] for e in ("disgust", "fear", "anger", "sad", "others", "happy", "surprise")} == \
         {"disgust": 0, "fear": 0, "anger": 0, "sad": 0, "others": 1, "happy": 2, "surprise": 3}
@@ -93,12 +96,12 @@ def test_class_maps(tmp_path: Path) -> None:
     assert three.labels["others"] is None and three.labels["happy"] == 1 and three.labels["surprise"] == 2
     mapping = tmp_path / "map.txt"
     mapping.write_text("# two classes\nhappy pos\nsurprise, pos\ndisgust neg\nothers -\n")
-    custom = prep.read_class_map(mapping)
+    custom = annotations.read_class_map(mapping)
     assert custom.classes == ("pos", "neg")
     assert custom.labels == {"happy": 0, "surprise": 0, "disgust": 1, "others": None}
     mapping.write_text("happy\n")
     with pytest.raises(util.UserError, match=r"map.txt:1: expected"):
-        prep.read_class_map(mapping)
+        annotations.read_class_map(mapping)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,13 +208,13 @@ def test_rerun_reuses_outputs_and_refuses_other_settings(prepared: tuple[Path, d
     image = out / "casme3_pool" / "rgb" / "spNO.1" / "spNO.1-a-31-spNO.1-a-25_diff.png"
     stamp = image.stat().st_mtime_ns
     (out / "casme3_diff_me4" / "casme3_diff_depth_all" / "negative" / f"{R2_KEY}_depth.png").unlink()
-    again = prep.main(full_argv(release, out))
+    again = cli.main(full_argv(release, out))
     assert (again["labeled"]["written"], again["labeled"]["reused"]) == (1, 7)
     assert (again["pool"]["written"], again["pool"]["reused"]) == (0, first["pool"]["kept"])
     assert again["pool"]["dropped"] == first["pool"]["dropped"]
     assert image.stat().st_mtime_ns == stamp
     with pytest.raises(util.UserError, match=r"image_size 0 -> 32.*--overwrite"):
-        prep.main(full_argv(release, out)[:-3] + ["--image_size", "32", "--calibrate"])
+        cli.main(full_argv(release, out)[:-3] + ["--image_size", "32", "--calibrate"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,8 +223,8 @@ def test_rerun_reuses_outputs_and_refuses_other_settings(prepared: tuple[Path, d
 
 def test_three_classes_face_crop_workers_and_given_threshold(release: fake.FakeRelease, tmp_path: Path) -> None:
     out = tmp_path / "three"
-    report = prep.main(prepare_argv(release, out, "--classes", "3", "--crop", "face", "--image_size", "32",
-                                    "--workers", "2", "--intensity_threshold", "0.5"))
+    report = cli.main(prepare_argv(release, out, "--classes", "3", "--crop", "face", "--image_size", "32",
+                                   "--workers", "2", "--intensity_threshold", "0.5"))
     lists = out / "data"
     assert (lists / "classes.txt").read_text().split() == ["negative", "positive", "surprise"]
     assert dataset.subject_names(lists) == ["spNO1", "spNO3", "spNO210"]  # spNO2 had only 'others' left
@@ -243,15 +246,15 @@ def test_bad_inputs_give_one_line_naming_the_problem(release: fake.FakeRelease, 
     annotation = tmp_path / "label.csv"
     annotation.write_text("Subject,Filename,Onset,Apex,Offset\nspNO.1,a,5,9,13\n")
     with pytest.raises(util.UserError, match=r"label.csv: no column 'emotion'"):
-        prep.main(["--root", str(release.root), "--annotation", str(annotation), "--out", str(tmp_path / "o")])
+        cli.main(["--root", str(release.root), "--annotation", str(annotation), "--out", str(tmp_path / "o")])
     with pytest.raises(util.UserError, match=r"inside the input tree --root"):
-        prep.main(prepare_argv(release, release.root / "prepared"))
+        cli.main(prepare_argv(release, release.root / "prepared"))
     assert not (release.root / "prepared").exists()
     with pytest.raises(util.UserError, match=r"row 5: Apex == Onset == 8.*--strict"):
-        prep.main(prepare_argv(release, tmp_path / "strict", "--crop", "none", "--strict"))
+        cli.main(prepare_argv(release, tmp_path / "strict", "--crop", "none", "--strict"))
     with pytest.raises(SystemExit) as exit_info:
-        util.run_cli(lambda: prep.main(prepare_argv(release, tmp_path / "o", "--box_file",
-                                                    str(tmp_path / "boxes.csv"))))
+        util.run_cli(lambda: cli.main(prepare_argv(release, tmp_path / "o", "--box_file",
+                                                   str(tmp_path / "boxes.csv"))))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {tmp_path / 'boxes.csv'}: --box_file file not found"]
@@ -262,8 +265,8 @@ def test_bad_inputs_give_one_line_naming_the_problem(release: fake.FakeRelease, 
 
 
 def test_end_to_end_prepare_pretrain_loso(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import finetune
-    import pretrain
+    finetune = util.load_script("fine-tune_CVSCL.py")
+    pretrain = util.load_script("pre-train_CVSCL.py")
 
     raw, data = tmp_path / "raw", tmp_path / "casme3"
     subprocess.run([sys.executable, "scripts/make_fake_casme3.py", "--out", str(raw)], cwd=REPO, check=True,

@@ -1,22 +1,20 @@
-"""Image side of the CAS(ME)^3 preparation: crop boxes, difference encoding, intensity measures.
+"""Image side of the CAS(ME)^3 preparation: crop boxes, intensity measures, one pair's images.
 
-This module imports only NumPy and OpenCV so that `--workers` processes start fast; the
-orchestration (annotation, folders, lists, reports) is in `casme3_prep.py`.
+`process_pair` is what the `--workers` processes run; the planning (annotation, folders, lists,
+reports) is in the other modules of `scripts.datatools.casme3`.
 
-Difference encoding (both views, 8-bit PNG, no wrap-around)::
+Both views are encoded by `dataset.encode_difference` (8-bit PNG, no wrap-around)::
 
     pixel = clip(round(128 + gain * (second - first)), 0, 255)
 
 `first` is the onset frame (or the earlier frame of an unlabeled pair), `second` the apex (or later)
 frame, both cropped with one shared box and resized to the output size before subtracting.
-Mid-grey 128 means "no change"; `gain` is in grey levels per unit of change: per 8-bit intensity
-level for RGB (each channel separately), per raw depth unit for the 16-bit depth (a pixel with no
-measurement, 0, in either frame counts as no change). Changes beyond +-127/gain saturate at 0 or
-255 instead of wrapping around as uint8 subtraction does. `round` is NumPy's round-half-to-even.
+`gain` is in grey levels per unit of change: per 8-bit intensity level for RGB (each channel
+separately), per raw depth unit for the 16-bit depth (a pixel with no measurement, 0, in either
+frame counts as no change).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,18 +22,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-MID_GREY = 128
+from dataset import encode_difference, write_png
+
 MEASURES = ("mad", "flow", "au")
 Box = tuple[int, int, int, int]  # x, y, width, height in pixels
 
 
 class FrameError(Exception):
     """A frame that cannot be used (unreadable, wrong format); the pair is skipped."""
-
-
-def encode_difference(diff: np.ndarray, gain: float) -> np.ndarray:
-    """Signed difference (any shape, float) -> uint8 `clip(round(128 + gain * diff), 0, 255)`."""
-    return np.clip(np.rint(MID_GREY + gain * np.asarray(diff, np.float64)), 0, 255).astype(np.uint8)
 
 
 def depth_difference(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -125,7 +119,7 @@ def to_gray(bgr: np.ndarray) -> np.ndarray:
 
 def mean_abs_difference(first: np.ndarray, second: np.ndarray) -> float:
     """Mean absolute change between two (H, W, 3) frames, in 8-bit levels averaged over channels
-    (the measure `synthetic.py` writes into its pool lists)."""
+    (the measure the synthetic generator writes into its pool lists)."""
     return float(np.mean(np.abs(second - first)))
 
 
@@ -217,19 +211,6 @@ def read_depth(path: str) -> np.ndarray:
     return image
 
 
-def write_png(path: str, image: np.ndarray) -> None:
-    """Write a PNG atomically (temporary file in the same folder, then rename)."""
-    ok, data = cv2.imencode(".png", image)
-    if not ok:
-        raise RuntimeError(f"PNG encoding failed for {path}")
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data.tobytes())
-    os.replace(tmp, path)
-
-
 def _crop_box(task: PairTask, rgb_first: np.ndarray, notes: list[tuple[str, str]]) -> Box | None:
     """The crop box in RGB pixels for this pair (None: the given box misses the frame)."""
     height, width = rgb_first.shape[:2]
@@ -277,7 +258,8 @@ def process_pair(task: PairTask) -> PairResult:
                                     f"RGB {rgb_size[0]}x{rgb_size[1]}: crop box scaled"))
     out_size = (first.shape[1], first.shape[0])
     depth_diff = crop_resize(depth_difference(depth_first, depth_second), depth_box, out_size)
-    write_png(task.rgb_out, encode_difference(second - first, task.settings.rgb_gain))
+    # frames are BGR as OpenCV reads them; the PNG holds RGB
+    write_png(task.rgb_out, encode_difference(second - first, task.settings.rgb_gain)[..., ::-1])
     write_png(task.depth_out, encode_difference(depth_diff, task.settings.depth_gain))
     return PairResult(task.key, "written", mad, flow, notes=tuple(notes))
 

@@ -29,6 +29,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dataset import file_subject, write_png
+
 FRAME_W, FRAME_H = 80, 64
 N_FRAMES = 36
 FACE_BOX = (8, 0, 64, 64)
@@ -131,6 +133,7 @@ def render_frames(n: int, video: str) -> list[tuple[int, np.ndarray, np.ndarray]
 
 
 def _write_video(root: Path, n: int, folder: str, video: str) -> None:
+    """JPEG colour frames written by OpenCV (another encoder gives other pixels) and 16-bit depth PNGs."""
     rgb_dir = root / "RGB" / folder / video / "color"
     depth_dir = root / "depth" / folder / video
     if n not in DEPTH_WITHOUT_INNER_FOLDER:
@@ -140,7 +143,7 @@ def _write_video(root: Path, n: int, folder: str, video: str) -> None:
     for t, rgb, depth in render_frames(n, video):
         cv2.imwrite(str(rgb_dir / f"{t}.jpg"), rgb, [cv2.IMWRITE_JPEG_QUALITY, 95])
         if (n, video, t) not in MISSING_DEPTH:
-            cv2.imwrite(str(depth_dir / f"{t}.png"), depth)
+            write_png(depth_dir / f"{t}.png", depth)
 
 
 def _write_annotation(path: Path) -> None:
@@ -178,11 +181,11 @@ def build_fake_release(out: str | Path) -> FakeRelease:
         for n, folder in subjects.items():
             for video in videos:
                 _write_video(root, n, folder, video)
-                boxes.append((f"spNO.{n}", video, *FACE_BOX))
+                boxes.append((file_subject(n), video, *FACE_BOX))
     _write_annotation(release.annotation)
     with release.boxes.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(("Subject", "Filename", "x", "y", "w", "h"))
         writer.writerows(boxes)
-    _write_au_csv(release.au_dir / f"spNO.{AU_VIDEO[0]}" / f"{AU_VIDEO[1]}.csv")
+    _write_au_csv(release.au_dir / file_subject(AU_VIDEO[0]) / f"{AU_VIDEO[1]}.csv")
     return release
