@@ -8,6 +8,7 @@
   CKPT, `<run>` and shell variables (`$i`, `$DATA`) are plain strings to the parser.
 - `bash scripts/x.sh` names a script that exists (`scripts/sweep_subjects.sh` also passes its
   fine-tuning flags through `fine-tune_CVSCL.py`'s parser).
+- Python fed to `python - <<'EOF'` compiles, and the names it imports from the repository exist.
 - Every repository file or folder the text names (`scripts/foo.py`, `docs/x.md`,
   `models/LinearModel.py`, top-level `*.py`, `LICENSE`, ...) exists, and every link to a local file
   or heading resolves.
@@ -15,7 +16,9 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
+import importlib
 import io
 import os
 import re
@@ -260,6 +263,32 @@ def test_command_parses(invocation: Invocation) -> None:
         args = list(invocation.args)
     error = parse_error(script, args, dict(invocation.env))
     assert error is None, f"{invocation.command}\n  does not parse with {script.name}'s parser: {error}"
+
+
+def python_heredocs() -> list[tuple[str, int, str]]:
+    """(doc, line, body) of every `python - <<'EOF'` heredoc in a code block."""
+    found = []
+    for doc in DOCS:
+        lines = (REPO / doc).read_text().splitlines()
+        for number, line in enumerate(lines, start=1):
+            match = re.match(r"\s*(\S*/)?python3?\s+-\s+<<-?\s*['\"]?(\w+)['\"]?\s*$", line)
+            if match:
+                end = next(i for i in range(number, len(lines)) if lines[i].strip() == match.group(2))
+                found.append((doc, number, "\n".join(lines[number:end])))
+    return found
+
+
+PYTHON_HEREDOCS = python_heredocs()
+
+
+@pytest.mark.parametrize("doc, line, body", PYTHON_HEREDOCS, ids=[f"{d}:{n}" for d, n, _ in PYTHON_HEREDOCS])
+def test_python_snippet_imports_exist(doc: str, line: int, body: str) -> None:
+    tree = compile(body, f"{doc}:{line}", "exec", ast.PyCF_ONLY_AST)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            module = importlib.import_module(node.module)
+            missing = [a.name for a in node.names if not hasattr(module, a.name)]
+            assert not missing, f"{doc}:{line}: {node.module} has no {', '.join(missing)}"
 
 
 def github_anchor(heading: str) -> str:
