@@ -204,7 +204,7 @@ def add_eval_args(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
     util.process_only(group.add_argument("--save_path", type=str, default="runs/eval",
                                          help="run folders (unit results, predictions.csv, results.json, log) go here"))
     util.process_only(group.add_argument("--tb_path", type=str, default=None,
-                                         help="TensorBoard folder; default SAVE_PATH/<run name>/tb"))
+                                         help="TensorBoard files go to TB_PATH/<run name>; default SAVE_PATH/<run name>/tb"))
     util.process_only(group.add_argument("--run_name", type=str, default=None,
                                          help="run folder name; default derived from the settings (not from "
                                               "--subjects, so processes sharing subjects write one run)"))
@@ -240,6 +240,8 @@ def finish_eval_args(args: argparse.Namespace) -> EncoderSpec:
         raise util.UserError(f"--seeds {args.seeds}: must be at least 1")
     if args.n_label is not None and args.n_label < 2:
         raise util.UserError(f"--n_label {args.n_label}: must be at least 2")
+    util.check_numbers(args, positive=("learning_rate",),
+                       non_negative=("momentum", "weight_decay", "focal_gamma", "encoder_lr_mult"))
     args.lr_decay_epochs = util.parse_int_list(args.lr_decay_epochs)
     spec = load_encoder_spec(args.model_path, args.model, args.feat_dim)
     args.model, args.feat_dim, args.checkpoint_sha1 = spec.name, spec.feat_dim, spec.digest
@@ -758,7 +760,11 @@ def run_protocol(args: argparse.Namespace, spec: EncoderSpec, protocol: Protocol
                "n_classes": protocol.n_classes, "class_names": protocol.class_names,
                "units": protocol.all_units, "seeds": args.seed_list, "args": args_record})
     log = Log(run.root / "log.txt")
-    writer = SummaryWriter(args.tb_path or str(run.root / "tb"))
+    tb_folder = Path(args.tb_path) / run.root.name if args.tb_path else run.root / "tb"
+    try:
+        writer = SummaryWriter(str(tb_folder))
+    except OSError as err:
+        raise util.UserError(f"{err.filename or tb_folder}: cannot write here ({err.strerror})") from None
     try:
         units = shard_of(protocol.units, args.shard)
         if args.shard is not None:

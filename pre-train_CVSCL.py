@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tqdm import tqdm
 import dataset
 import util
 from models import MODEL_NAMES, build_model
+from models.pretrained import check_finite
 from NCE import ContrastMemory, NCECriterion, NCESoftmaxLoss
 
 CHECKPOINT_FORMAT = "dvscl-pretrain-1"
@@ -78,6 +80,10 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     args.lr_decay_epochs = util.parse_int_list(args.lr_decay_epochs)
     if args.batch_size < 2:
         raise util.UserError("--batch_size must be at least 2 (batch norm needs two samples)")
+    util.check_numbers(args, positive=("epochs", "nce_k", "nce_t", "learning_rate", "feat_dim", "save_freq"),
+                       non_negative=("weight_decay", "momentum", "last_interval"))
+    if not 0 <= args.nce_m < 1:
+        raise util.UserError(f"--nce_m {args.nce_m}: the bank momentum must be in [0, 1)")
     args.method = "softmax" if args.softmax else "nce"
     args.model_name = (f"memory_{args.method}_{args.nce_k}_{args.model}_lr_{args.learning_rate}"
                        f"_decay_{args.weight_decay}_bsz_{args.batch_size}")
@@ -210,6 +216,7 @@ def resume(path: str, model, contrast, optimizer, scaler, args: argparse.Namespa
     if stored.get("model") != args.model or stored.get("feat_dim") != args.feat_dim:
         raise util.UserError(f"{path}: checkpoint is {stored.get('model')} feat_dim {stored.get('feat_dim')}, "
                              f"run asks for {args.model} feat_dim {args.feat_dim}")
+    check_finite(path, {**ckpt["model"], **ckpt["contrast"]})
     bank_rows = ckpt["contrast"]["memory_rgb"].shape[0]
     if bank_rows != contrast.memory_rgb.shape[0]:
         raise util.UserError(f"{path}: memory bank has {bank_rows} rows but the pool has "
@@ -266,16 +273,41 @@ class Recorder:
     their momentum and the banks, so saving it after every short epoch would cost more than the epoch.
     """
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, start_epoch: int) -> None:
         self.folder = Path(args.model_folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(args.tb_folder)
+        except OSError as err:
+            raise util.UserError(f"{err.filename or args.model_folder}: cannot write here ({err.strerror})") from None
+        for name in ("last.pth", *(p.name for p in self.folder.glob("ckpt_epoch_*.pth")), "log.jsonl"):
+            for leftover in util.remove_stale_temporaries(self.folder / name):
+                print(f"removed {leftover}, left by an interrupted save")
         self.save_freq, self.epochs, self.last_interval = args.save_freq, args.epochs, args.last_interval
         self.last_saved = time.monotonic()
-        self.writer = SummaryWriter(args.tb_folder)
-        self.log = (self.folder / "log.jsonl").open("a")
+        self.log_path = self.folder / "log.jsonl"
+        self._keep_log_before(start_epoch)
+        self.log = self.log_path.open("a")
+
+    def _keep_log_before(self, start_epoch: int) -> None:
+        """Drop log lines of epochs from `start_epoch` on: a run that stopped after logging an epoch
+        whose checkpoint it never saved trains that epoch again, and must log it once."""
+        if not self.log_path.is_file():
+            return
+        lines = self.log_path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", 0) < start_epoch]
+        if kept != lines:
+            util.atomic_write_text(self.log_path, "".join(kept))
 
     def epoch(self, epoch: int, stats: dict, state: dict) -> None:
-        """Log one epoch's `stats` and save its checkpoint `state`."""
+        """Save one epoch's checkpoint `state`, then log its `stats`: a logged epoch whose
+        checkpoint is missing is trained again on resume, and its line replaced."""
+        numbered = epoch % self.save_freq == 0 or epoch == self.epochs
+        if numbered:
+            util.atomic_save(state, self.folder / f"ckpt_epoch_{epoch}.pth")
+        if numbered or time.monotonic() - self.last_saved >= self.last_interval:
+            util.atomic_save(state, self.folder / "last.pth")
+            self.last_saved = time.monotonic()
         for name, value in stats.items():
             self.writer.add_scalar(name, value, epoch)
         self.writer.flush()
@@ -284,12 +316,6 @@ class Recorder:
         print(f"epoch {epoch}: loss {stats['loss']:.4f} (rgb {stats['rgb_loss']:.4f}, depth "
               f"{stats['depth_loss']:.4f}), positive rgb {stats['rgb_prob']:.4f} depth "
               f"{stats['depth_prob']:.4f}, {stats['images_per_s']:.1f} images/s")
-        numbered = epoch % self.save_freq == 0 or epoch == self.epochs
-        if numbered:
-            util.atomic_save(state, self.folder / f"ckpt_epoch_{epoch}.pth")
-        if numbered or time.monotonic() - self.last_saved >= self.last_interval:
-            util.atomic_save(state, self.folder / "last.pth")
-            self.last_saved = time.monotonic()
 
     def close(self) -> None:
         self.writer.close()
@@ -329,6 +355,9 @@ def run(args: argparse.Namespace, device: torch.device) -> Path:
     if len(pool) < global_batch:
         raise util.UserError(f"{list_folder}: the pool has {len(pool)} pairs, fewer than the global batch "
                              f"of {global_batch} (--batch_size {args.batch_size} x {world} processes)")
+    if args.nce_k >= len(pool):
+        print(f"warning: --nce_k {args.nce_k} is not smaller than the pool ({len(pool)} pairs): every anchor's "
+              "negatives repeat the same pairs, several times over", file=sys.stderr)
     store = load_store(pool, args)
     transform = dataset.augment_from_args(args, train=True)
 
@@ -340,7 +369,7 @@ def run(args: argparse.Namespace, device: torch.device) -> Path:
     net = util.wrap_model(model, device)
     base_lr = args.learning_rate * (world if args.scale_lr else 1)
 
-    recorder = Recorder(args) if util.is_main_process() else None
+    recorder = Recorder(args, start_epoch) if util.is_main_process() else None
     processes = f" in each of {world} processes" if world > 1 else ""
     print(f"{len(pool)} pairs, {args.model} on {device}{processes}, global batch {global_batch}, "
           f"base learning rate {base_lr:g}; checkpoints in {args.model_folder}")

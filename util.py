@@ -13,7 +13,7 @@ import tempfile
 from contextlib import contextmanager, nullcontext, redirect_stdout
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -87,19 +87,45 @@ def load_script(file_name: str) -> ModuleType:
     return sys.modules[name]
 
 
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}.tmp."
+
+
 def _atomic_replace(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename over `path`."""
+    """Write through a temporary file in the same folder, then rename over `path`.
+
+    A failed write (a full disk, a read-only folder) is a `UserError` naming `path`; the file
+    already at `path`, if any, is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
+    except OSError as err:
+        raise UserError(f"{path}: cannot write here ({err.strerror or err})") from None
     os.close(fd)
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        # torch.save reports a failed write (a full disk) as a RuntimeError of its stream writer.
+        if isinstance(err, OSError) or (isinstance(err, RuntimeError) and "write" in str(err)):
+            reason = (err.strerror if isinstance(err, OSError) else None) or str(err).strip().splitlines()[-1]
+            raise UserError(f"{path}: could not be written ({reason}); any earlier version of it is intact") from None
         raise
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporary files an interrupted atomic write of `path` left beside it (a process
+    killed mid-save cannot remove its own); returns what was removed. Call it only where no other
+    process writes `path`."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(_temporary_prefix(path) + "*")) if path.parent.is_dir() else []
+    for leftover in stale:
+        leftover.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -217,10 +243,28 @@ def pick_device(name: str = "auto") -> torch.device:
     """'auto' is CUDA when available (respecting CUDA_VISIBLE_DEVICES), else CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine shows {torch.cuda.device_count()} GPU(s) "
+                        "(CUDA_VISIBLE_DEVICES renumbers them from 0)")
     return device
+
+
+def check_numbers(args: argparse.Namespace, positive: Sequence[str] = (), non_negative: Sequence[str] = ()) -> None:
+    """A `UserError` naming the first flag of `positive` that is not > 0 (NaN included) or of
+    `non_negative` that is not >= 0."""
+    for names, ok, what in ((positive, lambda v: v > 0, "positive"), (non_negative, lambda v: v >= 0, "at least 0")):
+        for name in names:
+            value = getattr(args, name)
+            if not ok(value):
+                raise UserError(f"--{name} {value}: must be {what}")
 
 
 def sgd(params, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:

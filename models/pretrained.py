@@ -79,6 +79,7 @@ def load_encoder_spec(model_path: str, model: str | None = None, feat_dim: int |
         raise UserError(f"{model_path}: unknown architecture {name!r} (known: {', '.join(MODEL_NAMES)})")
     feat_dim = feat_dim or stored.get("feat_dim") or _embedding_width(name, state)
     _check_keys(model_path, name, feat_dim, state)
+    check_finite(model_path, state)
     image_size = stored.get("image_size")
     normalisation = {k: stored[k] for k in NORMALISATION if stored.get(k) is not None}
     digest = hashlib.sha1(Path(model_path).read_bytes()).hexdigest()
@@ -115,3 +116,12 @@ def _check_keys(path: str, name: str, feat_dim: int, state: dict[str, Tensor]) -
     if problems:
         raise UserError(f"{path}: encoder keys do not match {name} (feat_dim {feat_dim}): "
                              + "; ".join(problems))
+
+
+def check_finite(path: str | Path, state: dict[str, Tensor]) -> None:
+    """A `UserError` naming `path` when a floating tensor of `state` holds NaN or infinity (a
+    diverged run's weights): every result computed from them would be meaningless."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise UserError(f"{path}: {len(bad)} tensor(s) hold NaN or infinite values (e.g. {bad[0]}): the run that "
+                        "wrote it diverged; use an earlier checkpoint")

@@ -97,7 +97,7 @@ def test_last_checkpoint_is_saved_every_interval_and_with_numbered_ones(tmp_path
     args = pretrain.parse_option(["--data_folder", ".", "--model_path", str(tmp_path / "models"), "--tb_path",
                                   str(tmp_path / "tb"), "--epochs", "5", "--save_freq", "2",
                                   "--last_interval", str(interval)])
-    recorder = pretrain.Recorder(args)
+    recorder = pretrain.Recorder(args, start_epoch=1)
     last = Path(args.model_folder) / "last.pth"
     seen = []
     for epoch in range(1, 6):

@@ -1,0 +1,136 @@
+"""Bad flags, bad checkpoints, unwritable folders and interrupted saves, met the way a user meets
+them: the entry point run as the CLI runs it (`util.run_cli`), one `error:` line on stderr and exit
+code 2, and nothing already written damaged."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import util
+from test_evaluation import loso_args, save_checkpoint
+from test_pretrain import pool, run_args  # noqa: F401  (pool is a fixture)
+
+pretrain = util.load_script("pre-train_CVSCL.py")
+finetune = util.load_script("fine-tune_CVSCL.py")
+
+
+def fails(main, argv: list[str], capsys) -> str:
+    """Run `main(argv)` as its CLI does; assert exit code 2 and one error line, the last on stderr
+    (warnings may come before it); return that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        util.run_cli(lambda: main(argv))
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], lines
+    return errors[0]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--nce_k", "0"], "--nce_k 0: must be positive"),
+    (["--nce_k", "-5"], "--nce_k -5: must be positive"),
+    (["--nce_t", "0"], "--nce_t 0.0: must be positive"),
+    (["--nce_t", "nan"], "--nce_t nan: must be positive"),
+    (["--learning_rate", "-1"], "--learning_rate -1.0: must be positive"),
+    (["--epochs", "0"], "--epochs 0: must be positive"),
+    (["--epochs", "-1"], "--epochs -1: must be positive"),
+    (["--nce_m", "1"], "--nce_m 1.0: the bank momentum must be in [0, 1)"),
+    (["--device", "gpu0"], "--device gpu0: expected auto, cpu, cuda or cuda:N"),
+])
+def test_pretrain_refuses_bad_numbers_and_devices(pool: Path, tmp_path: Path, capsys, flags, message) -> None:
+    line = fails(pretrain.main, run_args(pool, tmp_path, *flags), capsys)
+    assert message in line
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--learning_rate", "-1"], "--learning_rate -1.0: must be positive"),
+    (["--learning_rate", "0"], "--learning_rate 0.0: must be positive"),
+    (["--encoder_lr_mult", "-0.1"], "--encoder_lr_mult -0.1: must be at least 0"),
+    (["--device", "gpu0"], "--device gpu0: expected auto, cpu, cuda or cuda:N"),
+])
+def test_evaluation_refuses_bad_numbers_and_devices(synthetic_data: Path, tmp_path: Path, capsys, flags,
+                                                    message) -> None:
+    assert message in fails(finetune.main, loso_args(synthetic_data, tmp_path, *flags), capsys)
+
+
+def test_nan_checkpoint_is_refused_by_evaluation(synthetic_data: Path, tmp_path: Path, capsys) -> None:
+    path = tmp_path / "diverged.pth"
+    save_checkpoint(path, "alexnet", published=False)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model"]["rgb_to_d.conv_block_1.0.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(ckpt, path)
+    line = fails(finetune.main, loso_args(synthetic_data, tmp_path, "--model_path", str(path), "--freeze_encoder"),
+                 capsys)
+    assert "diverged.pth: 1 tensor(s) hold NaN or infinite values (e.g. rgb_to_d.conv_block_1.0.weight)" in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_unwritable_model_path(pool: Path, tmp_path: Path, capsys) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        line = fails(pretrain.main, run_args(pool, tmp_path, "--epochs", "1") + ["--model_path", str(locked / "m")],
+                     capsys)
+    finally:
+        locked.chmod(0o700)
+    assert "cannot write here" in line
+
+
+def test_unwritable_model_path_as_root(pool: Path, tmp_path: Path, capsys) -> None:
+    """A --model_path below a regular file cannot be created, whoever runs it."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    line = fails(pretrain.main, run_args(pool, tmp_path, "--epochs", "1") + ["--model_path", str(blocker / "m")],
+                 capsys)
+    assert "cannot write here" in line and "a_file" in line
+
+
+def test_failed_save_keeps_the_previous_file(tmp_path: Path, monkeypatch) -> None:
+    """A save that fails half-way (as on a full disk) leaves the earlier file and no temporary."""
+    target = tmp_path / "last.pth"
+    util.atomic_save({"epoch": 1}, target)
+
+    def full_disk(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(util.UserError, match=r"last\.pth: could not be written \(.*file write failed\); any "
+                                             r"earlier version of it is intact"):
+        util.atomic_save({"epoch": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_resume_removes_stale_temporaries_and_logs_each_epoch_once(pool: Path, tmp_path: Path, capsys) -> None:
+    """A run killed inside a save leaves a temporary file, and one killed after logging an epoch whose
+    checkpoint it never saved has logged that epoch; the resumed run removes the first and logs
+    every epoch once."""
+    argv = run_args(pool, tmp_path, "--epochs", "3", "--save_freq", "1")
+    folder = pretrain.main(argv[:-2] + ["--epochs", "2"])
+    leftover = folder / ".last.pth.tmp.abc123"
+    leftover.write_bytes(b"half a checkpoint")
+    with (folder / "log.jsonl").open("a") as log:  # epoch 3 logged, its checkpoint never written
+        log.write(json.dumps({"epoch": 3, "loss": 0.0}) + "\n")
+    pretrain.main([*argv, "--resume", str(folder / "last.pth")])
+    assert not leftover.exists()
+    assert f"removed {leftover}" in capsys.readouterr().out
+    epochs = [json.loads(line)["epoch"] for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+    assert torch.load(folder / "last.pth", weights_only=True)["epoch"] == 3
+
+
+def test_evaluation_tensorboard_files_go_to_a_per_run_folder(synthetic_data: Path, tmp_path: Path) -> None:
+    tb = tmp_path / "tb"
+    for name in ("first", "second"):
+        finetune.main(loso_args(synthetic_data, tmp_path, "--tb_path", str(tb), "--run_name", name,
+                                "--subjects", "spNO59,spNO67", "--freeze_encoder"))
+    assert sorted(p.name for p in tb.iterdir()) == ["first", "second"]
+    assert all(any(p.name.startswith("events.out.tfevents") for p in (tb / n).iterdir()) for n in ("first", "second"))
