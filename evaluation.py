@@ -44,11 +44,11 @@ from tqdm import tqdm
 import dataset
 import util
 from models import MODEL_NAMES, TwoViewEncoder
-from models.LinearModel import Classifier, FeatureExtractor, make_head
+from models.LinearModel import AttentionHead, Classifier, FeatureExtractor, make_head
 from models.pretrained import NORMALISATION, EncoderSpec, load_encoder_spec
 
 RUN_FILE = "run.json"
-LOSSES = ("crossentropy", "focal", "balanced")
+LOSSES = ("crossentropy", "focal", "balanced", "cosine")
 SCHEDULES = ("cosine", "step", "none")
 # (rank, world size, local rank) variables of a launcher, tried in order by `--shard auto`.
 SHARD_ENVIRONMENTS = (("RANK", "WORLD_SIZE", "LOCAL_RANK"), ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"))
@@ -78,11 +78,22 @@ class FocalLoss(nn.Module):
         return (-(1 - log_p.exp()) ** self.gamma * log_p).mean()
 
 
+class CosineLoss(nn.Module):
+    """The published `cosine` loss: mean over the batch of 1 - cos(logits, one-hot target), i.e.
+    1 - logits[target] / ||logits||; logits (B,K), targets (B,)."""
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        cosine = logits.gather(1, target[:, None])[:, 0] / logits.norm(dim=1).clamp_min(1e-12)
+        return (1 - cosine).mean()
+
+
 def make_criterion(name: str, train_labels: Tensor, n_classes: int, gamma: float = 2.0) -> nn.Module:
-    """`crossentropy`, `focal`, or `balanced` (cross-entropy weighted by n / (k * count) per
-    class, k = classes present in `train_labels` (N,))."""
+    """`crossentropy`, `focal`, `cosine`, or `balanced` (cross-entropy weighted by n / (k * count)
+    per class, k = classes present in `train_labels` (N,))."""
     if name == "focal":
         return FocalLoss(gamma)
+    if name == "cosine":
+        return CosineLoss()
     if name == "balanced":
         counts = torch.bincount(train_labels.cpu(), minlength=n_classes).float()
         present = counts > 0
@@ -183,7 +194,11 @@ def add_eval_args(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
                        help="with --lr_schedule step: epochs after which the lr is multiplied by --lr_decay_rate")
     group.add_argument("--lr_decay_rate", type=float, default=0.1)
     group.add_argument("--lossfunction", choices=LOSSES, default="crossentropy",
-                       help="balanced = cross-entropy weighted by inverse class frequency of the training split")
+                       help="balanced = cross-entropy weighted by inverse class frequency of the training split; "
+                            "cosine = 1 - cosine of the logits and the one-hot label (the published option)")
+    group.add_argument("--attention", choices=("none", "att"), default="none",
+                       help="att: channel and spatial attention on each view's map before pooling and the linear "
+                            "layer (the published head; ResNet conv layers 1..5 only)")
     group.add_argument("--focal_gamma", type=float, default=2.0, help="gamma of --lossfunction focal")
     group.add_argument("--augment", dest="augment", action="store_const", const=True, default=None,
                        help="train on augmented images (random crop, flip, jitter) re-encoded every epoch; "
@@ -204,7 +219,8 @@ def add_eval_args(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
     util.process_only(group.add_argument("--save_path", type=str, default="runs/eval",
                                          help="run folders (unit results, predictions.csv, results.json, log) go here"))
     util.process_only(group.add_argument("--tb_path", type=str, default=None,
-                                         help="TensorBoard files go to TB_PATH/<run name>; default SAVE_PATH/<run name>/tb"))
+                                         help="TensorBoard files go to TB_PATH/<run name>; default "
+                                              "SAVE_PATH/<run name>/tb"))
     util.process_only(group.add_argument("--run_name", type=str, default=None,
                                          help="run folder name; default derived from the settings (not from "
                                               "--subjects, so processes sharing subjects write one run)"))
@@ -248,6 +264,9 @@ def finish_eval_args(args: argparse.Namespace) -> EncoderSpec:
     layers = 8 if spec.name == "alexnet" else 7
     if not 1 <= args.layer <= layers:
         raise util.UserError(f"--layer {args.layer}: {spec.name} has layers 1..{layers}")
+    if args.attention == "att" and (spec.name == "alexnet" or args.layer > 5):
+        raise util.UserError(f"--attention att --layer {args.layer}: attention needs a ResNet conv map "
+                             f"(--layer 1..5); {spec.name} layer {args.layer} has none")
     if args.image_size is None:
         args.image_size = spec.image_size or 224
     data_defaults = argparse.ArgumentParser()
@@ -306,13 +325,14 @@ def shard_of(items: Sequence[T], shard: Shard | None) -> list[T]:
 
 
 def default_run_name(args: argparse.Namespace, protocol: str) -> str:
-    """`<protocol>_<checkpoint>_<model>_layer<L>_<frozen|ft<mult>>[_aug]_<loss>_lr<lr>_ep<E>_seed<S>[x<N>]`."""
+    """`<protocol>_<checkpoint>_<model>_layer<L>_<frozen|ft<mult>>[_aug][_att]_<loss>_lr<lr>_ep<E>_seed<S>[x<N>]`."""
     if args.model_path.lower() == "none":
         source = "random"
     else:
         path = Path(args.model_path)
         source = f"{path.parent.name}_{path.stem}" if path.parent.name else path.stem
-    mode = ("frozen" if args.freeze_encoder else f"ft{args.encoder_lr_mult:g}") + ("_aug" if args.augment else "")
+    mode = (("frozen" if args.freeze_encoder else f"ft{args.encoder_lr_mult:g}") + ("_aug" if args.augment else "")
+            + ("_att" if args.attention == "att" else ""))
     name = (f"{protocol}_{source}_{args.model}_layer{args.layer}_{mode}_{args.lossfunction}"
             f"_lr{args.learning_rate:g}_ep{args.epochs}_seed{args.seed}")
     return name + (f"x{args.seeds}" if args.seeds > 1 else "")
@@ -439,8 +459,9 @@ class StartingPoint:
 
 def uses_cached_features(args: argparse.Namespace) -> bool:
     """A frozen encoder without augmentation gives each sample the same features in every epoch,
-    so they are extracted once per run and units train their heads on them."""
-    return args.freeze_encoder and not args.augment
+    so they are extracted once per run and units train their heads on them. An attention head
+    needs the unpooled maps, which are re-computed instead of held for every sample."""
+    return args.freeze_encoder and not args.augment and args.attention == "none"
 
 
 def autocast(args: argparse.Namespace, device: torch.device) -> ContextManager:
@@ -450,9 +471,11 @@ def autocast(args: argparse.Namespace, device: torch.device) -> ContextManager:
 
 def new_extractor(args: argparse.Namespace, start: StartingPoint, device: torch.device) -> FeatureExtractor:
     """A fresh copy of the starting encoder (a copy, not a new random init: the same weights),
-    wrapped at `--layer`, on `device`, channels-last like pre-training."""
+    wrapped at `--layer`, on `device`, channels-last like pre-training; it gives maps for an
+    attention head."""
     encoder = copy.deepcopy(start.encoder).requires_grad_(True)
-    return FeatureExtractor(encoder.to(device, memory_format=torch.channels_last), args.layer)
+    return FeatureExtractor(encoder.to(device, memory_format=torch.channels_last), args.layer,
+                            maps=args.attention == "att")
 
 
 @torch.no_grad()
@@ -519,8 +542,9 @@ def train_unit(args: argparse.Namespace, start: StartingPoint, data: EvalData, u
         width = extractor.out_dim(args.image_size)
         fetch = data.images if args.augment else (lambda index, train, generator: data.images(index, False))
     torch.manual_seed(useed)
-    model = Classifier(make_head(width, data.n_classes, args.head_bn), extractor,
-                       frozen=args.freeze_encoder).to(data.device)
+    head = (AttentionHead(width, extractor.views, data.n_classes, args.head_bn) if args.attention == "att"
+            else make_head(width, data.n_classes, args.head_bn))
+    model = Classifier(head, extractor, frozen=args.freeze_encoder).to(data.device)
     generator = torch.Generator().manual_seed(useed)
     train_index, test_index = torch.as_tensor(unit.train), torch.as_tensor(unit.test)
     history = fit(args, model, fetch, data, train_index, generator, f"seed{seed}/{unit.name}")

@@ -552,3 +552,48 @@ def test_entry_scripts_from_any_directory(synthetic_data: Path, tmp_path: Path) 
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.strip().startswith("error: ")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The published fine-tuning options: --lossfunction cosine and --attention att
+
+
+def test_cosine_loss_is_one_minus_the_cosine_with_the_one_hot_label() -> None:
+    logits = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, -2.0]])
+    target = torch.tensor([1, 2])
+    loss = evaluation.make_criterion("cosine", target, n_classes=3)(logits, target)
+    assert loss.item() == pytest.approx(((1 - 4 / 5) + (1 - (-1))) / 2)
+    perfect = torch.tensor([[0.0, 7.0, 0.0]])
+    assert evaluation.CosineLoss()(perfect, torch.tensor([1])).item() == pytest.approx(0.0)
+
+
+def test_attention_head_shapes_and_gradients() -> None:
+    torch.manual_seed(0)
+    encoder = build_model("resnet18v1", feat_dim=16)
+    extractor = LinearModel.FeatureExtractor(encoder, 5, maps=True)
+    channels = extractor.out_dim(64)
+    assert 2 * channels == LinearModel.FeatureExtractor(encoder, 5).out_dim(64)  # pooled: both views
+    head = LinearModel.AttentionHead(channels, views=2, n_classes=4, batch_norm=True)
+    model = LinearModel.Classifier(head, extractor, frozen=True)
+    model.train()
+    logits = model(torch.randn(3, 4, 64, 64))
+    assert logits.shape == (3, 4)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in head.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in encoder.parameters())
+
+
+def test_loso_with_attention_and_cosine_loss(synthetic_data: Path, tmp_path: Path) -> None:
+    results = finetune.main(loso_args(synthetic_data, tmp_path, "--model", "resnet18v1", "--attention", "att",
+                                      "--lossfunction", "cosine", "--subjects", "spNO59,spNO67"))
+    assert results["n_samples"] > 0 and 0 <= results["uar"] <= 1
+    assert "_att_cosine_" in run_folder(tmp_path).name
+
+
+def test_attention_is_refused_where_it_cannot_apply(synthetic_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"--attention att --layer 5: attention needs a ResNet conv map "
+                                        r"\(--layer 1\.\.5\); alexnet layer 5 has none"):
+        finetune.parse_option(loso_args(synthetic_data, tmp_path, "--attention", "att"))
+    with pytest.raises(UserError, match="resnet18v1 layer 6 has none"):
+        finetune.parse_option(loso_args(synthetic_data, tmp_path, "--model", "resnet18v1", "--layer", "6",
+                                        "--attention", "att"))
