@@ -345,9 +345,33 @@ def subject_names(list_folder: Path) -> list[str]:
 def load_split(list_folder: Path, data_folder: Path, subject: str, split: str,
                prefixes: Sequence[tuple[str, str]] = (), strict_pairs: bool = False) -> list[Sample]:
     """Samples of `<subject>_<split>.txt` (split 'train' or 'test'), paired by key."""
+    if split == "train" and not has_train_list(list_folder, subject):
+        return derived_train(list_folder, data_folder, subject, prefixes, strict_pairs)
     rgb = read_list(list_folder / RGB_LISTS / split_list(subject, split), data_folder, prefixes)
     depth = read_list(list_folder / DEPTH_LISTS / split_list(subject, split), data_folder, prefixes)
     return pair_views(rgb, depth, subject if split == "test" else "", strict_pairs)
+
+
+def has_train_list(list_folder: Path, subject: str) -> bool:
+    """Whether `<subject>_train.txt` exists in `v_rgb/` or `v_depth/`."""
+    name = split_list(subject, "train")
+    return (list_folder / RGB_LISTS / name).is_file() or (list_folder / DEPTH_LISTS / name).is_file()
+
+
+def derived_train(list_folder: Path, data_folder: Path, subject: str,
+                  prefixes: Sequence[tuple[str, str]] = (), strict_pairs: bool = False) -> list[Sample]:
+    """LOSO training samples of a subject without `<subject>_train.txt` in either view: the test
+    samples of every other subject of `subName.txt`, in its order, each with its own list's subject.
+
+    A train list is the union of the other subjects' test lists, so a list folder may ship test
+    lists only (the repository's `data/` does: 95 train lists would repeat every line 94 times).
+    """
+    samples = [sample for other in subject_names(list_folder) if other != subject
+               for sample in load_split(list_folder, data_folder, other, "test", prefixes, strict_pairs)]
+    if not samples:
+        raise UserError(f"{list_folder / RGB_LISTS / SUBJECT_LIST}: no subject besides {subject} to train on "
+                        f"(and no {split_list(subject, 'train')})")
+    return samples
 
 
 def load_labeled(list_folder: Path, data_folder: Path, subjects: Sequence[str],
