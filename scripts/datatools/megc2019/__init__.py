@@ -1,0 +1,10 @@
+"""MEGC2019 composite (CD) preparation (`scripts/prepare_megc2019.py`), one concern a module:
+
+- `sheets`: the CASME II and SAMM annotation sheets (header row found by its column names);
+- `databases`: the three releases (SMIC-HS folders, CASME II and SAMM sheets and frames) read
+  into clips with the MEGC2019 3-class mapping and composite subject names;
+- `images`: the face crop, the SMIC apex estimate and one clip's RGB difference image (what
+  workers run);
+- `prepare`: the driver, the LOSO lists, the samples table and the counts;
+- `fake`: tiny fake releases of the three databases for tests (`scripts/make_fake_megc2019.py`).
+"""

@@ -1,0 +1,234 @@
+"""MEGC2019 composite preparation: the driver of `scripts/prepare_megc2019.py`.
+
+Input: any of SMIC-HS, CASME II and SAMM in their release layouts (`databases`). Output, all under
+`--out` (never inside an input tree), in the data format of `dataset.py`, paths in lists relative
+to it:
+
+    megc2019_diff/<database>/<class>/<key>.png    RGB onset-apex difference, 8-bit, 3 channels
+    data/v_rgb/<subject>_test.txt, <subject>_train.txt, subName.txt; data/classes.txt
+    megc2019_samples.csv                           one row a sample: database, subject, clip,
+                                                   emotion, class, onset, apex (annotated|estimated)
+    prepare_report.txt                             the counts and every row left out, and why
+
+List lines are `<path> <label> <dbtype>`: labels 0 negative, 1 positive, 2 surprise; dbtype 1
+SMIC, 2 CASME II, 3 SAMM. A subject's train list holds every other subject's samples. There is no
+depth view: evaluate the lists with `--view RGB`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import multiprocessing
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from tqdm import tqdm
+
+from dataset import CLASS_LIST, LIST_FOLDER, RGB_LISTS, SUBJECT_LIST, list_line, split_list, write_list
+from scripts.datatools.casme3 import images as ci
+from scripts.datatools.casme3.report import Report
+from scripts.datatools.megc2019 import databases as db
+from scripts.datatools.megc2019.images import ClipResult, ClipTask, ImageSettings, process_clip
+from util import UserError, atomic_write_text
+
+IMAGE_FOLDER = "megc2019_diff"
+SAMPLES_CSV = "megc2019_samples.csv"
+REPORT_FILE = "prepare_report.txt"
+INPUTS = ("smic", "casme2", "samm")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every flag of `scripts/prepare_megc2019.py` (same names); paths as given."""
+    out: str
+    smic: str | None
+    casme2: str | None
+    casme2_sheet: str | None
+    samm: str | None
+    samm_sheet: str | None
+    crop: str
+    crop_margin: float
+    image_size: int
+    rgb_gain: float
+    workers: int
+
+    @classmethod
+    def from_flags(cls, flags: argparse.Namespace) -> Settings:
+        """The settings of parsed flags."""
+        return cls(**vars(flags))
+
+    @property
+    def image_settings(self) -> ImageSettings:
+        """The settings that change the written images."""
+        return ImageSettings(self.crop, self.crop_margin, self.image_size, self.rgb_gain)
+
+
+def check(settings: Settings) -> None:
+    """Validate flag values and paths; UserError naming the first problem."""
+    given = [name for name in INPUTS if getattr(settings, name)]
+    if not given:
+        raise UserError("no database given: pass at least one of --smic, --casme2, --samm")
+    for name in given:
+        if not Path(getattr(settings, name)).is_dir():
+            raise UserError(f"{getattr(settings, name)}: --{name} folder not found")
+    out = Path(settings.out).resolve()
+    for name in given:
+        root = Path(getattr(settings, name)).resolve()
+        if out == root or root in out.parents:
+            raise UserError(f"--out {settings.out} is inside the input tree --{name} {getattr(settings, name)}; "
+                            f"choose an output folder outside it")
+    if settings.image_size < 0 or 0 < settings.image_size < 16:
+        raise UserError(f"--image_size {settings.image_size}: use 0 (keep the crop size) or at least 16")
+    if settings.rgb_gain <= 0 or settings.crop_margin < 0 or settings.workers < 0:
+        raise UserError("--rgb_gain must be positive, --crop_margin and --workers at least 0")
+
+
+def read_clips(settings: Settings, report: Report) -> list[db.Clip]:
+    """The clips of every given database, in database order."""
+    clips: list[db.Clip] = []
+    if settings.smic:
+        clips += db.read_smic(Path(settings.smic), report)
+    if settings.casme2:
+        clips += db.read_casme2(Path(settings.casme2), _optional(settings.casme2_sheet), report)
+    if settings.samm:
+        clips += db.read_samm(Path(settings.samm), _optional(settings.samm_sheet), report)
+    return clips
+
+
+def _optional(path: str | None) -> Path | None:
+    return Path(path) if path else None
+
+
+def run_clips(tasks: Sequence[ClipTask], workers: int) -> Iterator[ClipResult]:
+    """Results of `tasks` in task order, with `workers` processes (0 or 1: this one)."""
+    if workers <= 1 or len(tasks) < 2:
+        yield from map(process_clip, tasks)
+        return
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=ci.init_worker) as pool:
+        yield from pool.imap(process_clip, tasks, chunksize=1)
+
+
+def prepare(settings: Settings) -> dict:
+    """Run the whole preparation; returns the summary (counts, subjects, what was left out)."""
+    check(settings)
+    out = Path(settings.out)
+    if settings.crop == "face":
+        try:
+            ci.face_detector()
+        except RuntimeError as err:
+            raise UserError(str(err)) from None
+    report = Report()
+    clips = read_clips(settings, report)
+    if not clips:
+        raise UserError(f"no usable micro-expression in {', '.join(str(getattr(settings, n)) for n in INPUTS if getattr(settings, n))}")
+    tasks = [ClipTask(c.subject, c.video, c.frames, c.apex, str(out / IMAGE_FOLDER / c.database / c.class_name),
+                      settings.image_settings) for c in clips]
+    samples = []
+    for clip, result in zip(clips, tqdm(run_clips(tasks, settings.workers), total=len(tasks), desc="MEGC2019 clips",
+                                        unit="clip")):
+        if result.status == "skipped":
+            db.warn(report, result.kind, clip.source, result.reason)
+            continue
+        for kind, detail in result.notes:
+            report.add("anomaly", kind, clip.source, detail)
+        samples.append((clip, result))
+    if not samples:
+        raise UserError(f"no clip could be encoded ({', '.join(f'{k} {n}' for k, n in report.kinds('skipped').items())})")
+    write_lists(out, samples)
+    write_samples(out / SAMPLES_CSV, out, samples)
+    summary = summarize(out, samples, report)
+    text = summary_text(summary)
+    atomic_write_text(out / REPORT_FILE, text + _items_text(report))
+    print(text, end="")
+    return summary
+
+
+def write_lists(out: Path, samples: Sequence[tuple[db.Clip, ClipResult]]) -> list[str]:
+    """Per-subject test and train lists, subName.txt and classes.txt under `out/data`; returns the
+    subjects. Split lists of subjects no longer present are removed."""
+    lines: dict[str, list[str]] = {}
+    for clip, result in samples:
+        rel = Path(result.path).relative_to(out).as_posix()
+        lines.setdefault(clip.subject, []).append(list_line(rel, clip.label, dbtype=db.DBTYPES[clip.database]))
+    folder = out / LIST_FOLDER / RGB_LISTS
+    written = set()
+    for subject, own in lines.items():
+        others = [line for other, other_lines in lines.items() if other != subject for line in other_lines]
+        for split, split_lines in (("test", own), ("train", others)):
+            write_list(folder / split_list(subject, split), split_lines)
+            written.add(split_list(subject, split))
+    for path in folder.glob("*.txt"):
+        if path.name.endswith(("_train.txt", "_test.txt")) and path.name not in written:
+            path.unlink()
+    write_list(folder / SUBJECT_LIST, lines)
+    write_list(out / LIST_FOLDER / CLASS_LIST, db.CLASSES)
+    return list(lines)
+
+
+def write_samples(path: Path, out: Path, samples: Sequence[tuple[db.Clip, ClipResult]]) -> None:
+    """The samples table (CSV): one row a sample, the apex marked annotated or estimated."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("key", "database", "dbtype", "subject", "clip", "emotion", "class", "label", "onset", "apex",
+                     "apex_source", "rgb"))
+    for clip, result in samples:
+        writer.writerow((result.key, clip.database, db.DBTYPES[clip.database], clip.subject, clip.video, clip.emotion,
+                         clip.class_name, clip.label, clip.onset, result.apex,
+                         "annotated" if clip.apex is not None else "estimated",
+                         Path(result.path).relative_to(out).as_posix()))
+    atomic_write_text(path, buffer.getvalue())
+
+
+def summarize(out: Path, samples: Sequence[tuple[db.Clip, ClipResult]], report: Report) -> dict:
+    """Counts per database and class, subjects per database, and the report's items."""
+    counts = {name: {c: 0 for c in db.CLASSES} for name in db.DATABASES}
+    subjects: dict[str, list[str]] = {name: [] for name in db.DATABASES}
+    for clip, _ in samples:
+        counts[clip.database][clip.class_name] += 1
+        if clip.subject not in subjects[clip.database]:
+            subjects[clip.database].append(clip.subject)
+    return {"out": str(out), "samples": len(samples), "counts": counts, "subjects": subjects,
+            "estimated_apex": sum(clip.apex is None for clip, _ in samples),
+            "excluded": dict(sorted(report.kinds("excluded").items())),
+            "left_out": [asdict(item) for item in report.items if item.category == "skipped"],
+            "notes": [asdict(item) for item in report.items if item.category == "anomaly"]}
+
+
+def summary_text(summary: dict) -> str:
+    """The counts table and one line each for what was excluded, left out or estimated."""
+    header = "database  dbtype  subjects" + "".join(c.rjust(10) for c in db.CLASSES) + "total".rjust(8)
+    lines = [f"MEGC2019 composite: {summary['samples']} samples -> {summary['out']}", header]
+    totals = Counter()
+    for name in db.DATABASES:
+        counts, n_subjects = summary["counts"][name], len(summary["subjects"][name])
+        totals.update(counts)
+        lines.append(name.ljust(8) + str(db.DBTYPES[name]).rjust(8) + str(n_subjects).rjust(10)
+                     + "".join(str(counts[c]).rjust(10) for c in db.CLASSES) + str(sum(counts.values())).rjust(8))
+    lines.append("all".ljust(16) + str(sum(map(len, summary["subjects"].values()))).rjust(10)
+                 + "".join(str(totals[c]).rjust(10) for c in db.CLASSES) + str(summary["samples"]).rjust(8))
+    excluded = summary["excluded"]
+    lines.append("excluded by the MEGC2019 mapping: "
+                 + (", ".join(f"{kind} {n}" for kind, n in excluded.items()) if excluded else "none"))
+    kinds = Counter(item["kind"] for item in summary["left_out"])
+    lines.append(f"left out with a warning: {len(summary['left_out'])}"
+                 + (f" ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})" if kinds else ""))
+    notes = Counter(item["kind"] for item in summary["notes"])
+    if notes:
+        lines.append("kept, with a note: " + ", ".join(f"{k} {n}" for k, n in sorted(notes.items())))
+    lines.append(f"SMIC apex estimated for {summary['estimated_apex']} clips (largest blurred difference from "
+                 f"the onset); the others annotated")
+    lines.append(f"lists: {Path(summary['out']) / LIST_FOLDER / RGB_LISTS} (RGB only: evaluate with --view RGB); "
+                 f"samples: {Path(summary['out']) / SAMPLES_CSV}; report: {Path(summary['out']) / REPORT_FILE}")
+    return "\n".join(lines) + "\n"
+
+
+def _items_text(report: Report) -> str:
+    """Every reported row, by category."""
+    lines = []
+    for category, title in (("skipped", "left out"), ("excluded", "excluded by the mapping"), ("anomaly", "notes")):
+        items = [item for item in report.items if item.category == category]
+        lines += ["", f"{title} ({len(items)}):"] + [f"  [{i.kind}] {i.source}: {i.detail}" for i in items]
+    return "\n".join(lines) + "\n"

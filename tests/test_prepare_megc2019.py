@@ -1,0 +1,221 @@
+"""MEGC2019 composite preparation (`scripts.datatools.megc2019`, `scripts/prepare_megc2019.py`) on
+the fake releases of `scripts.datatools.megc2019.fake`."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import dataset
+import util
+from scripts import prepare_megc2019 as cli
+from scripts.datatools.megc2019 import databases as db
+from scripts.datatools.megc2019 import fake
+from scripts.datatools.megc2019.images import apex_image
+from scripts.datatools.megc2019.sheets import CASME2_COLUMNS, read_sheet
+
+REPO = Path(__file__).resolve().parent.parent
+COUNTS = {"smic": {"negative": 2, "positive": 2, "surprise": 1},
+          "casme2": {"negative": 2, "positive": 1, "surprise": 1},
+          "samm": {"negative": 2, "positive": 1, "surprise": 1}}
+SUBJECTS = {"smic": ["smic_s1", "smic_s2"], "casme2": ["casme2_sub01", "casme2_sub02"],
+            "samm": ["samm_006", "samm_007"]}
+EXCLUDED = {"casme2 fear": 1, "casme2 others": 1, "samm other": 1}
+# kind, where (a sheet row or a folder), part of the detail: every anomaly of the fake releases
+LEFT_OUT = {
+    ("too_few_frames", "s2_ne_02", "1 frame(s)"),
+    ("bad_row", f"{db.CASME2_SHEET} row 8", "apex '/' is not a frame number"),
+    ("apex_outside_clip", f"{db.CASME2_SHEET} row 9", "apex frame 70 is outside the clip (frames 38..53)"),
+    ("missing_frame", f"{db.CASME2_SHEET} row 10", "frame 63 is missing"),
+    ("missing_folder", f"{db.CASME2_SHEET} row 11", "sub03/EP01_01: no clip folder"),
+    ("apex_outside_clip", f"{db.SAMM_SHEET} row 20", "apex frame 740 is outside the clip (frames 698..713)"),
+    ("duplicate", f"{db.SAMM_SHEET} row 21", f"as {db.SAMM_SHEET} row 15"),
+}
+
+
+def prepare_argv(releases: fake.FakeReleases, out: Path, *extra: str) -> list[str]:
+    return ["--smic", str(releases.smic), "--casme2", str(releases.casme2), "--samm", str(releases.samm),
+            "--out", str(out), "--image_size", "64", *extra]
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory: pytest.TempPathFactory) -> fake.FakeReleases:
+    out = tmp_path_factory.mktemp("raw")
+    done = subprocess.run([sys.executable, "scripts/make_fake_megc2019.py", "--out", str(out)], cwd=REPO,
+                          check=True, capture_output=True, text=True)
+    assert done.stdout.split() == ["--smic", str(out / "SMIC"), "--casme2", str(out / "CASME2"),
+                                   "--samm", str(out / "SAMM")]
+    return fake.FakeReleases(out / "SMIC", out / "CASME2", out / "SAMM")
+
+
+@pytest.fixture(scope="module")
+def prepared(releases: fake.FakeReleases, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str, str]:
+    """(out folder, summary, stdout, stderr) of the default preparation (face crop) at 64 px."""
+    out = tmp_path_factory.mktemp("prepared") / "megc2019"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        summary = cli.main(prepare_argv(releases, out))
+    return out, summary, stdout.getvalue(), stderr.getvalue()
+
+
+def read_samples(out: Path) -> list[dict[str, str]]:
+    with (out / "megc2019_samples.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# ---------------------------------------------------------------------------------------------
+# Counts, mapping, subjects, lists
+
+
+def test_counts_subjects_and_printed_table(prepared: tuple[Path, dict, str, str]) -> None:
+    out, summary, stdout, _ = prepared
+    assert summary["counts"] == COUNTS and summary["subjects"] == SUBJECTS and summary["samples"] == 13
+    assert summary["excluded"] == EXCLUDED
+    table = stdout.splitlines()
+    assert table[1].split() == ["database", "dbtype", "subjects", "negative", "positive", "surprise", "total"]
+    assert [line.split() for line in table[2:6]] == [
+        ["smic", "1", "2", "2", "2", "1", "5"], ["casme2", "2", "2", "2", "1", "1", "4"],
+        ["samm", "3", "2", "2", "1", "1", "4"], ["all", "6", "6", "4", "3", "13"]]
+    assert "excluded by the MEGC2019 mapping: casme2 fear 1, casme2 others 1, samm other 1" in stdout
+    assert (out / "prepare_report.txt").read_text().startswith(stdout)
+
+
+def test_megc2019_mapping(prepared: tuple[Path, dict, str, str]) -> None:
+    samples = read_samples(prepared[0])
+    mapped = {(s["database"], s["emotion"]): s["class"] for s in samples}
+    assert mapped == {("smic", "negative"): "negative", ("smic", "positive"): "positive",
+                      ("smic", "surprise"): "surprise", ("casme2", "happiness"): "positive",
+                      ("casme2", "disgust"): "negative", ("casme2", "repression"): "negative",
+                      ("casme2", "surprise"): "surprise", ("samm", "anger"): "negative",
+                      ("samm", "contempt"): "negative", ("samm", "happiness"): "positive",
+                      ("samm", "surprise"): "surprise"}
+    assert all(int(s["label"]) == db.CLASSES.index(s["class"]) for s in samples)
+    assert db.CLASSES == ("negative", "positive", "surprise")
+    for database, emotions in db.EMOTION_CLASS.items():  # MEGC2019's own lists
+        negative = {e for e, c in emotions.items() if c == "negative"}
+        assert negative == {"smic": {"negative"}, "casme2": {"disgust", "repression"},
+                            "samm": {"anger", "contempt", "disgust", "fear", "sadness"}}[database]
+
+
+def test_lists_dbtypes_and_loso_splits(prepared: tuple[Path, dict, str, str]) -> None:
+    out = prepared[0]
+    lists = out / "data" / "v_rgb"
+    names = (lists / "subName.txt").read_text().split()
+    assert names == [s for database in db.DATABASES for s in SUBJECTS[database]]
+    assert (out / "data" / "classes.txt").read_text().split() == list(db.CLASSES)
+    assert not (out / "data" / "v_depth").exists()
+    everything = set()
+    for subject in names:
+        test = dataset.read_list(lists / f"{subject}_test.txt", out)
+        train = dataset.read_list(lists / f"{subject}_train.txt", out)
+        database = subject.split("_")[0]
+        assert {e.dbtype for e in test} == {db.DBTYPES[database]}
+        assert all(e.path.name.startswith(f"{subject}-") for e in test)
+        test_keys, train_keys = ({dataset.sample_key(e.path) for e in entries} for entries in (test, train))
+        assert not test_keys & train_keys and not any(k.startswith(f"{subject}-") for k in train_keys)
+        everything |= test_keys
+        assert len(test_keys | train_keys) == 13
+    assert len(everything) == 13
+    assert db.DBTYPES == {"smic": 1, "casme2": 2, "samm": 3}
+
+
+def test_images_are_signed_rgb_differences(prepared: tuple[Path, dict, str, str]) -> None:
+    out = prepared[0]
+    for sample in read_samples(out):
+        with Image.open(out / sample["rgb"]) as image:
+            assert image.mode == "RGB" and image.size == (64, 64)
+            pixels = np.asarray(image).astype(int)
+        # the fake blob brightens towards the apex; elsewhere the clip barely changes
+        y, x = (round(c * 64 / s) for c, s in zip(fake.BLOB_CENTER[::-1], (fake.FRAME_H, fake.FRAME_W)))
+        assert pixels[y, x].min() > 128 + 20, sample["key"]
+        assert abs(np.median(pixels) - 128) <= 3, sample["key"]
+        if sample["database"] == "samm":  # greyscale frames: three equal channels
+            assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+
+
+def test_smic_apex_is_estimated(prepared: tuple[Path, dict, str, str]) -> None:
+    samples = read_samples(prepared[0])
+    smic = {s["clip"]: int(s["apex"]) for s in samples if s["database"] == "smic"}
+    assert smic == fake.SMIC_APEX
+    assert {s["apex_source"] for s in samples} == {"annotated", "estimated"}
+    assert all(s["apex_source"] == ("estimated" if s["database"] == "smic" else "annotated") for s in samples)
+    assert prepared[1]["estimated_apex"] == 5
+
+
+def test_apex_image_blurs_noise() -> None:
+    rng = np.random.default_rng(0)
+    noisy = np.clip(128 + rng.normal(0, 8, (96, 96, 3)), 0, 255)
+    image = apex_image(noisy, (0, 0, 96, 96))
+    assert image.shape == (64, 64) and image.dtype == np.float32
+    assert image.std() < 4  # the raw noise, 8 levels per channel, mostly averaged away
+
+
+# ---------------------------------------------------------------------------------------------
+# Anomalies and errors
+
+
+def test_anomalies_are_reported_and_left_out(prepared: tuple[Path, dict, str, str]) -> None:
+    out, summary, _, stderr = prepared
+    found = {(i["kind"], i["source"], i["detail"]) for i in summary["left_out"]}
+    assert len(found) == len(LEFT_OUT)
+    for kind, where, detail in LEFT_OUT:
+        assert any(k == kind and where in s + d and detail in d for k, s, d in found), (kind, where)
+    warnings = [line for line in stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == len(LEFT_OUT) and all(line.endswith("; left out") for line in warnings)
+    assert not any("EP09_02" in s["clip"] or "006_2_1" in s["clip"] for s in read_samples(out))
+    # the fake frames hold no face: the whole frame is used, and each clip says so
+    assert {i["kind"] for i in summary["notes"]} == {"no_face"} and len(summary["notes"]) == 13
+    report = (out / "prepare_report.txt").read_text()
+    assert "left out (7):" in report and "[duplicate]" in report
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, list[str]]:
+    """Exit code and stderr lines of the script's entry point as `__main__` runs it."""
+    with pytest.raises(SystemExit) as exit_info:
+        util.run_cli(lambda: cli.main(argv))
+    return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_corrupt_sheet_is_one_error_line(releases: fake.FakeReleases, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    corrupt = tmp_path / db.CASME2_SHEET
+    corrupt.write_bytes(b"PK\x03\x04 this is not a workbook")
+    code, err = run_cli(["--casme2", str(releases.casme2), "--casme2_sheet", str(corrupt),
+                         "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"error: {corrupt}: cannot read the workbook (")
+
+    no_header = tmp_path / "sheet.csv"
+    no_header.write_text("Subject,Filename,Onset,Apex\n1,EP02_01f,46,50\n")
+    code, err = run_cli(["--casme2", str(releases.casme2), "--casme2_sheet", str(no_header),
+                         "--out", str(tmp_path / "out")], capsys)
+    assert code == 2
+    assert err == [f"error: {no_header}: no header row with the columns {', '.join(CASME2_COLUMNS)} in the first "
+                   f"40 rows of any sheet"]
+    assert not (tmp_path / "out" / "data").exists()
+
+
+def test_bad_flags_are_one_error_line(releases: fake.FakeReleases, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture) -> None:
+    assert run_cli(["--out", str(tmp_path / "o")], capsys) == (
+        2, ["error: no database given: pass at least one of --smic, --casme2, --samm"])
+    code, err = run_cli(["--samm", str(releases.samm), "--out", str(releases.samm / "out")], capsys)
+    assert code == 2 and len(err) == 1 and "is inside the input tree --samm" in err[0]
+    code, err = run_cli(["--smic", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")], capsys)
+    assert (code, err) == (2, [f"error: {tmp_path / 'nowhere'}: --smic folder not found"])
+
+
+def test_sheet_header_below_description_rows(releases: fake.FakeReleases) -> None:
+    sheet = read_sheet(releases.samm / db.SAMM_SHEET, ("Subject", "Filename", "Onset Frame", "Estimated Emotion"))
+    first_row, cells = sheet.rows[0]
+    assert first_row == fake.SAMM_PREAMBLE + 2
+    assert cells["onsetframe"] == 5562 and cells["estimatedemotion"] == "Anger"
+    assert db.subject_name("samm", 6) == "samm_006" and db.subject_name("casme2", 1) == "casme2_sub01"
+    assert db.subject_name("smic", 12) == "smic_s12"
