@@ -292,8 +292,9 @@ def test_checkpoint_from_a_machine_with_more_gpus_resumes(synthetic_data: Path, 
     ckpt = load(folder / "last.pth")
     states = ckpt["rng"][0]["cuda"]
     ckpt["rng"][0]["cuda"] = [*states, states[0].clone()]
-    torch.save(ckpt, tmp_path / "larger_node.pth")
-    pretrain.main([*argv, "--epochs", "2", "--device", "cuda", "--resume", str(tmp_path / "larger_node.pth")])
+    # In the run folder: resuming from a checkpoint elsewhere would be a new run in a folder it does not own.
+    torch.save(ckpt, folder / "larger_node.pth")
+    pretrain.main([*argv, "--epochs", "2", "--device", "cuda", "--resume", str(folder / "larger_node.pth")])
     assert load(folder / "last.pth")["epoch"] == 2
 
 
