@@ -13,6 +13,7 @@ source files' sizes and modification times. Augmentation happens on whole batche
 from __future__ import annotations
 
 import argparse
+import codecs
 import hashlib
 import json
 import math
@@ -128,6 +129,22 @@ def list_line(path: str, label: int, intensity: float | None = None, intensity_f
     return line if intensity is None else f"{line} {intensity:{intensity_format}}"
 
 
+def read_lines(path: str | Path) -> list[str]:
+    """The lines of a text file of the data format (a list, subName.txt, classes.txt), read as
+    UTF-8. A leading byte-order mark is dropped, because Windows editors add it and it would stick
+    invisibly to the first name; a byte that is not UTF-8 is an error naming the file and line."""
+    path = Path(path)
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: byte 0x{data[err.start]:02x} is not UTF-8 (save the file as UTF-8)") from None
+    return text.replace("\r\n", "\n").split("\n")
+
+
 def write_list(path: str | Path, lines: Iterable[str]) -> None:
     """A list file (or any file of lines): every line ends with a newline; written atomically."""
     atomic_write_text(path, "".join(f"{line}\n" for line in lines))
@@ -233,7 +250,7 @@ def read_list(list_file: str | Path, data_folder: str | Path,
     if not list_file.is_file():
         raise UserError(f"{list_file}: list file not found")
     entries = []
-    for line_no, line in enumerate(list_file.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(read_lines(list_file), start=1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
@@ -336,10 +353,18 @@ def subject_names(list_folder: Path) -> list[str]:
     path = list_folder / RGB_LISTS / SUBJECT_LIST
     if not path.is_file():
         raise UserError(f"{path}: subject list not found")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names: dict[str, int] = {}
+    for line_no, line in enumerate(read_lines(path), start=1):
+        name = line.strip()
+        if not name:
+            continue
+        # a subject listed twice would be tested twice and counted twice in the pooled metrics
+        if name in names:
+            raise UserError(f"{path}:{line_no}: subject {name} is listed twice (first at line {names[name]})")
+        names[name] = line_no
     if not names:
         raise UserError(f"{path}: subject list is empty")
-    return names
+    return list(names)
 
 
 def load_split(list_folder: Path, data_folder: Path, subject: str, split: str,
@@ -438,27 +463,35 @@ def _with_csv_intensity(samples: list[Sample], csv_path: Path) -> list[Sample]:
 
     if not csv_path.is_file():
         raise UserError(f"{csv_path}: intensity CSV not found")
-    with csv_path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"key", "intensity"} <= set(reader.fieldnames):
-            raise UserError(f"{csv_path}:1: expected columns 'key,intensity'")
-        table = {}
-        for line_no, row in enumerate(reader, start=2):
-            try:
-                table[sample_key(row["key"])] = float(row["intensity"])
-            except (TypeError, ValueError):
-                raise UserError(f"{csv_path}:{line_no}: intensity {row['intensity']!r} is not a number") from None
+    reader = csv.DictReader(read_lines(csv_path))
+    if not reader.fieldnames or not {"key", "intensity"} <= set(reader.fieldnames):
+        raise UserError(f"{csv_path}:1: expected columns 'key,intensity'")
+    table = {}
+    for line_no, row in enumerate(reader, start=2):
+        try:
+            table[sample_key(row["key"])] = float(row["intensity"])
+        except (TypeError, ValueError):
+            raise UserError(f"{csv_path}:{line_no}: intensity {row['intensity']!r} is not a number") from None
     return [replace(s, intensity=table.get(s.key, s.intensity)) for s in samples]
+
+
+def class_file(list_folder: Path) -> Path | None:
+    """`classes.txt` beside the lists (or in `v_rgb/`), if there is one."""
+    return next((p for p in (list_folder / CLASS_LIST, list_folder / RGB_LISTS / CLASS_LIST) if p.is_file()), None)
+
+
+def _read_class_names(path: Path) -> list[str]:
+    return [line.strip() for line in read_lines(path) if line.strip()]
 
 
 def class_names(list_folder: Path, n_classes: int) -> list[str]:
     """Names from `classes.txt` beside the lists (or in `v_rgb/`), else the CAS(ME)^3 defaults."""
-    for path in (list_folder / CLASS_LIST, list_folder / RGB_LISTS / CLASS_LIST):
-        if path.is_file():
-            names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-            if len(names) < n_classes:
-                raise UserError(f"{path}: {len(names)} class names for {n_classes} classes")
-            return names[:n_classes]
+    path = class_file(list_folder)
+    if path is not None:
+        names = _read_class_names(path)
+        if len(names) < n_classes:
+            raise UserError(f"{path}: {len(names)} class names for {n_classes} classes")
+        return names[:n_classes]
     return list(DEFAULT_CLASS_NAMES.get(n_classes, [str(i) for i in range(n_classes)]))
 
 

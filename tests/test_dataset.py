@@ -174,6 +174,15 @@ def test_pool_threshold_and_fallback(pairs: Path, capsys):
     assert {s.subject for s in rest} == {"spNO1"}
 
 
+def test_list_text_byte_order_mark_and_bad_bytes(pairs: Path, tmp_path: Path):
+    lst = tmp_path / "bom.txt"
+    lst.write_bytes(b"\xef\xbb\xbfimgs/spNO.1-a-11-spNO.1-a-1_diff.png 1 0\r\n# \xe2\x9c\x93 checked\r\n")
+    assert [e.label for e in dataset.read_list(lst, pairs)] == [1]
+    lst.write_bytes(lst.read_bytes() + b"imgs/x\xff.png 1 0\n")
+    with pytest.raises(UserError, match=r"bom.txt:3: byte 0xff is not UTF-8"):
+        dataset.read_list(lst, pairs)
+
+
 def _augment(train: bool, **kw) -> dataset.PairAugment:
     return dataset.PairAugment(64, train, (0, 0, 0), (1, 1, 1), 0.0, 1.0, **kw)
 
