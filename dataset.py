@@ -496,10 +496,36 @@ def class_names(list_folder: Path, n_classes: int) -> list[str]:
 
 
 def check_labels(samples: Sequence[Sample], n_classes: int) -> None:
-    """Every label in 0..n_classes-1, else an error naming the list line."""
+    """Labels are class numbers 0..K-1, else an error naming the list file and line.
+
+    K is `n_classes` and, when `classes.txt` exists, at most its number of names. Without
+    `classes.txt` every class below the largest label must have a sample: a gap (labels 0, 1, 7)
+    is a mistyped label far more often than a class without samples, and it would silently add
+    empty classes to the classifier. `classes.txt` declares the classes, so a class it names
+    may have no sample.
+    """
+    if not samples:
+        return
+    # lists live in <list folder>/v_rgb/, so the list folder is the one above the samples' list
+    names_file = class_file(Path(samples[0].rgb_source.rsplit(":", 1)[0]).parent.parent)
+    n_names = len(_read_class_names(names_file)) if names_file else None
     for s in samples:
-        if not 0 <= s.label < n_classes:
+        if s.label < 0 or s.label >= n_classes:
             raise UserError(f"{s.rgb_source}: label {s.label} out of range 0..{n_classes - 1}")
+        if n_names is not None and s.label >= n_names:
+            raise UserError(f"{s.rgb_source}: label {s.label} out of range 0..{n_names - 1} "
+                            f"({names_file} names {n_names} classes)")
+    if n_names is not None:
+        return
+    used = sorted({s.label for s in samples})
+    gap = next(c for c in range(used[-1] + 1) if c not in used) if len(used) <= used[-1] else None
+    if gap is not None:
+        above = min(c for c in used if c > gap)
+        odd = next(s for s in samples if s.label == above)
+        span = f"{gap}..{above - 1}" if above - gap > 1 else str(gap)
+        raise UserError(f"{odd.rgb_source}: label {odd.label} leaves class(es) {span} without a sample "
+                        f"(labels used: {', '.join(map(str, used))}); number the classes 0..K-1, or name "
+                        f"them in a {CLASS_LIST}")
 
 
 # ---------------------------------------------------------------------------------------------

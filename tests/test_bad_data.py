@@ -74,3 +74,54 @@ def test_subject_listed_twice(data: Path, tmp_path: Path, capsys) -> None:
     assert line == f"error: {names}:{len(subjects) + 1}: subject {subjects[1]} is listed twice (first at line 2)"
 
 
+# ---------------------------------------------------------------------------------------------
+# Labels outside the classes (the synthetic data has 4 classes, labels 0..3, and a classes.txt)
+
+
+def relabel(root: Path, key: str, label: int) -> tuple[Path, int]:
+    """Give sample `key` label `label` in every list of both views; its test list and line number."""
+    found = None
+    for path in sorted(lists(root).glob("v_*/*.txt")):
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            fields = line.split()
+            if fields and dataset.sample_key(fields[0]) == key:
+                lines[i] = " ".join([fields[0], str(label), *fields[2:]])
+                if path.parent.name == "v_rgb" and path.name.endswith("_test.txt"):
+                    found = (path, i + 1)
+        path.write_text("\n".join(lines) + "\n")
+    assert found is not None
+    return found
+
+
+def some_key(root: Path) -> str:
+    test_list = lists(root) / "v_rgb" / f"{first_subject(root)}_test.txt"
+    return dataset.sample_key(test_list.read_text().split()[0])
+
+
+@pytest.mark.parametrize("label, classes_txt, flags, message", [
+    (7, True, [], "label 7 out of range 0..3 ({classes} names 4 classes)"),
+    (7, False, [], "label 7 leaves class(es) 4..6 without a sample (labels used: 0, 1, 2, 3, 7); number the "
+                   "classes 0..K-1, or name them in a classes.txt"),
+    (7, False, ["--n_label", "4"], "label 7 out of range 0..3"),
+    (5, False, ["--n_label", "8"], "label 5 leaves class(es) 4 without a sample"),
+    (-1, True, [], "label -1 is negative"),
+])
+def test_label_outside_the_classes(data: Path, tmp_path: Path, capsys, label: int, classes_txt: bool,
+                                   flags: list[str], message: str) -> None:
+    if not classes_txt:
+        (lists(data) / "classes.txt").unlink()
+    test_list, line_no = relabel(data, some_key(data), label)
+    line = fails(finetune.main, frozen(data, tmp_path / "out", *flags), capsys)
+    assert line.startswith(f"error: {test_list}:{line_no}: " + message.format(classes=lists(data) / "classes.txt"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_classes_named_in_classes_txt_may_be_empty(data: Path, tmp_path: Path) -> None:
+    """classes.txt declares the classes: a class it names may have no sample (here class 4)."""
+    (lists(data) / "classes.txt").write_text("negative\nothers\npositive\nsurprise\nrepression\nfear\n")
+    relabel(data, some_key(data), 5)
+    results = finetune.main(frozen(data, tmp_path / "out"))
+    assert results["class_names"] == ["negative", "others", "positive", "surprise", "repression", "fear"]
+
+
