@@ -58,27 +58,19 @@ PRECISIONS = {"fp32": [], "O1": ["--amp", "--opt_level", "O1"], "O2": ["--amp", 
 # Dense peak TFLOP/s (no structured sparsity) by kernel precision, from NVIDIA's datasheets, which
 # quote tensor-core TF32/BF16/FP16 with 2:4 sparsity: those figures are halved here. A device name
 # is matched against the patterns in order, so each variant comes before its family's pattern.
-PEAKS: tuple[tuple[str, str, dict[str, float | None]], ...] = (
-    (r"H200 NVL", "NVIDIA H200 datasheet, H200 NVL column",
-     {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5, "fp16": 835.5}),
-    (r"H200", "NVIDIA H200 datasheet, H200 SXM column",
-     {"fp32": 67.0, "tf32": 494.5, "bf16": 989.5, "fp16": 989.5}),
-    (r"H100 NVL", "NVIDIA H100 datasheet, H100 NVL column",
-     {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5, "fp16": 835.5}),
-    (r"H100 PCIe", "NVIDIA H100 datasheet, H100 PCIe column",
-     {"fp32": 51.0, "tf32": 378.0, "bf16": 756.5, "fp16": 756.5}),
-    (r"H100", "NVIDIA H100 datasheet, H100 SXM column",
-     {"fp32": 67.0, "tf32": 494.5, "bf16": 989.5, "fp16": 989.5}),
-    (r"A100", "NVIDIA A100 datasheet",
-     {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}),
-    (r"L40S", "NVIDIA L40S datasheet",
-     {"fp32": 91.6, "tf32": 183.0, "bf16": 362.05, "fp16": 362.05}),
-    (r"\bL4\b", "NVIDIA L4 datasheet",
-     {"fp32": 30.3, "tf32": 60.0, "bf16": 121.0, "fp16": 121.0}),
-    (r"\bA10\b", "NVIDIA A10 datasheet",
-     {"fp32": 31.2, "tf32": 62.5, "bf16": 125.0, "fp16": 125.0}),
-    (r"V100", "NVIDIA V100 datasheet, SXM2 column (no TF32 or BF16 tensor cores)",
-     {"fp32": 15.7, "tf32": None, "bf16": None, "fp16": 125.0}),
+PEAK_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+PEAKS: tuple[tuple[str, str, float, float | None, float | None, float], ...] = (
+    # name pattern, source, then the peaks in PEAK_PRECISIONS order (None: no such tensor cores)
+    (r"H200 NVL", "NVIDIA H200 datasheet, H200 NVL column", 60.0, 417.5, 835.5, 835.5),
+    (r"H200", "NVIDIA H200 datasheet, H200 SXM column", 67.0, 494.5, 989.5, 989.5),
+    (r"H100 NVL", "NVIDIA H100 datasheet, H100 NVL column", 60.0, 417.5, 835.5, 835.5),
+    (r"H100 PCIe", "NVIDIA H100 datasheet, H100 PCIe column", 51.0, 378.0, 756.5, 756.5),
+    (r"H100", "NVIDIA H100 datasheet, H100 SXM column", 67.0, 494.5, 989.5, 989.5),
+    (r"A100", "NVIDIA A100 datasheet", 19.5, 156.0, 312.0, 312.0),
+    (r"L40S", "NVIDIA L40S datasheet", 91.6, 183.0, 362.05, 362.05),
+    (r"\bL4\b", "NVIDIA L4 datasheet", 30.3, 60.0, 121.0, 121.0),
+    (r"\bA10\b", "NVIDIA A10 datasheet", 31.2, 62.5, 125.0, 125.0),
+    (r"V100", "NVIDIA V100 datasheet, SXM2 column", 15.7, None, None, 125.0),
 )
 TARGETS = {"bf16_fraction": ("resnet50v1", "O2", 0.25), "data_over_compute": 2.0, "syncs_per_step": 0}
 SYNC_EPOCH_STEPS = (2, 4)
@@ -122,9 +114,9 @@ def version_lines(info: dict) -> list[str]:
 
 def peak_for(name: str) -> tuple[str, dict[str, float | None]] | None:
     """(source, dense peak TFLOP/s by kernel precision) of the GPU called `name`, or None."""
-    for pattern, source, peaks in PEAKS:
+    for pattern, source, *peaks in PEAKS:
         if re.search(pattern, name):
-            return source, peaks
+            return source, dict(zip(PEAK_PRECISIONS, peaks))
     return None
 
 
