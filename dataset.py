@@ -439,7 +439,8 @@ def load_pool(list_folder: Path, data_folder: Path, prefixes: Sequence[tuple[str
     if intensity_csv:
         samples = _with_csv_intensity(samples, Path(intensity_csv))
     if exclude_subjects:
-        excluded = {s.replace(".", "") for s in exclude_subjects}
+        excluded = {_subject_name(name) for name in exclude_subjects}
+        _check_excluded(excluded, samples, list_folder, rgb_list if rgb_list.is_file() else None)
         before = len(samples)
         samples = [s for s in samples if s.subject not in excluded]
         print(f"excluded subjects {','.join(sorted(excluded))}: {before - len(samples)} pairs left out")
@@ -455,6 +456,40 @@ def load_pool(list_folder: Path, data_folder: Path, prefixes: Sequence[tuple[str
     if not samples:
         raise UserError(f"{rgb_list}: no pre-training pairs left")
     return samples
+
+
+def _subject_name(name: str) -> str:
+    """A subject as the user spells it (`spNO.1`, `spNO1`, `spno1`) in the `list_subject` spelling."""
+    match = _SUBJECT_IN_NAME.fullmatch(name.strip())
+    return list_subject(int(match.group(1))) if match else name.strip()
+
+
+def _check_excluded(excluded: set[str], samples: Sequence[Sample], list_folder: Path, pool_list: Path | None) -> None:
+    """Every excluded subject exists in the pool or in subName.txt, else an error: a misspelt
+    subject would leave its pairs in the pool and the run would look leak-free while it is not.
+    A subject of subName.txt without pool pairs is fine (nothing to leave out)."""
+    known = {s.subject for s in samples}
+    names_file = list_folder / RGB_LISTS / SUBJECT_LIST
+    if names_file.is_file():
+        known |= set(subject_names(list_folder))
+    unknown = sorted(excluded - known)
+    if unknown:
+        where = " and ".join(str(p) for p in (pool_list, names_file) if p is not None and p.is_file()) \
+            or str(list_folder)
+        raise UserError(f"{where}: --exclude_subjects {','.join(unknown)}: no such subject "
+                        f"(known: {_some(sorted(known, key=_subject_order))})")
+
+
+def _subject_order(name: str) -> tuple[int, str]:
+    match = _SUBJECT_IN_NAME.fullmatch(name)
+    return (int(match.group(1)), "") if match else (1 << 30, name)
+
+
+def _some(names: Sequence[str], shown: int = 5) -> str:
+    """`a, b, c` or `a, b, c, ... (12 in all)`: a name list short enough for one line."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])}, ... ({len(names)} in all)"
 
 
 def _with_csv_intensity(samples: list[Sample], csv_path: Path) -> list[Sample]:

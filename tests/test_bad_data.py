@@ -125,3 +125,28 @@ def test_classes_named_in_classes_txt_may_be_empty(data: Path, tmp_path: Path) -
     assert results["class_names"] == ["negative", "others", "positive", "surprise", "repression", "fear"]
 
 
+# ---------------------------------------------------------------------------------------------
+# Pre-training: an excluded subject that matches nothing
+
+
+@pytest.mark.parametrize("flag, unknown", [("spNO9", "spNO9"), ("spNO.9,spNO.1", "spNO9"), ("sp9", "sp9")])
+def test_unknown_excluded_subject(pool: Path, tmp_path: Path, capsys, flag: str, unknown: str) -> None:
+    line = fails(pretrain.main, run_args(pool, tmp_path, "--exclude_subjects", flag), capsys)
+    assert line == (f"error: {pool / 'data' / 'v_rgb' / 'pretrain.txt'}: --exclude_subjects {unknown}: no such "
+                    f"subject (known: spNO1, spNO2, spNO3)")
+    assert not (tmp_path / "models").exists()
+
+
+def test_excluded_subject_without_pool_pairs_is_no_error(data: Path, capsys) -> None:
+    """A subject of subName.txt whose pool pairs were all filtered out has nothing to leave out."""
+    subject = first_subject(data)
+    for view in ("v_rgb", "v_depth"):
+        pool_list = lists(data) / view / "pretrain.txt"
+        keep = [line for line in pool_list.read_text().splitlines()
+                if dataset.subject_of(Path(line.split()[0]).name) != subject]
+        pool_list.write_text("\n".join(keep) + "\n")
+    samples = dataset.load_pool(lists(data), data, exclude_subjects=[subject.replace("NO", "NO.")])
+    assert len(samples) == len(keep) and subject not in {s.subject for s in samples}
+    assert f"excluded subjects {subject}: 0 pairs left out" in capsys.readouterr().out
+
+

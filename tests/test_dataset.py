@@ -170,8 +170,11 @@ def test_pool_threshold_and_fallback(pairs: Path, capsys):
     kept = dataset.load_pool(folder, pairs, intensity_threshold=0.2)
     assert sorted(s.intensity for s in kept) == [0.2, 0.3, 0.4]
     assert "kept 3 pairs, dropped 2" in capsys.readouterr().out
-    rest = dataset.load_pool(folder, pairs, exclude_subjects=["spNO.7"])
-    assert {s.subject for s in rest} == {"spNO1"}
+    for spelling in ("spNO.7", "spNO7", "spno7"):
+        rest = dataset.load_pool(folder, pairs, exclude_subjects=[spelling])
+        assert {s.subject for s in rest} == {"spNO1"}
+    with pytest.raises(UserError, match=r"subName.txt: --exclude_subjects spNO8: no such subject \(known: spNO1, spNO7\)"):
+        dataset.load_pool(folder, pairs, exclude_subjects=["spNO.8", "spNO.7"])
 
 
 def test_list_text_byte_order_mark_and_bad_bytes(pairs: Path, tmp_path: Path):
