@@ -567,16 +567,26 @@ def check_labels(samples: Sequence[Sample], n_classes: int) -> None:
 # Decoded image store
 
 
+_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I")  # Pillow's modes of a 16-bit grey PNG
+
+
 def decode_rgb(path: Path, size: int, source: str) -> np.ndarray:
-    """(3, size, size) uint8."""
-    array = _open(path, source, lambda im: np.asarray(im.convert("RGB")))
+    """(3, size, size) uint8. A 16-bit grey image is scaled to 8 bits (/ 257) and repeated in the
+    three channels, because Pillow's own conversion clips it to white."""
+    def read(im: Image.Image) -> np.ndarray:
+        if im.mode in _WIDE_GREY:
+            grey = np.asarray(im).astype(np.float32) / 257.0
+            return np.repeat(grey[..., None], 3, axis=2)
+        return np.asarray(im.convert("RGB"))
+
+    array = _open(path, source, read)
     return _resize(array.transpose(2, 0, 1), size).round().clip(0, 255).astype(np.uint8)
 
 
 def decode_depth(path: Path, size: int, source: str) -> np.ndarray:
     """(1, size, size) uint16 scaled to 0..65535: 8-bit images x 257, 16-bit as stored."""
     def read(im: Image.Image) -> np.ndarray:
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        if im.mode in _WIDE_GREY:
             return np.asarray(im).astype(np.float32)
         if im.mode in ("L", "P", "LA"):
             return np.asarray(im.convert("L")).astype(np.float32) * 257.0

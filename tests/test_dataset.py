@@ -136,6 +136,17 @@ def test_depth_8_and_16_bit_load_to_same_scale(tmp_path: Path):
     assert d16.max() == 240 * 257
 
 
+@pytest.mark.parametrize("name, mode", [("grey16.png", "I;16"), ("grey32.tif", "I")])
+def test_16_bit_grey_rgb_image_is_scaled_not_white(tmp_path: Path, name: str, mode: str):
+    """A 16-bit grey image in an RGB list loads as its 8-bit grey in all three channels."""
+    ramp8 = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (16, 1))
+    Image.fromarray(ramp8.astype(np.uint16) * 257).convert(mode).save(tmp_path / name)
+    assert Image.open(tmp_path / name).mode == mode
+    rgb = dataset.decode_rgb(tmp_path / name, 16, "x")
+    assert rgb.shape == (3, 16, 16) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb, np.repeat(ramp8[None], 3, axis=0))
+
+
 def test_store_decodes_once_and_caches(pairs: Path, tmp_path: Path):
     folder = dataset.find_list_folder(pairs)
     samples = dataset.load_labeled(folder, pairs, dataset.subject_names(folder))
