@@ -171,14 +171,15 @@ def record_training(monkeypatch) -> dict:
 @needs_device
 @pytest.mark.parametrize("precision", list(PRECISIONS))
 def test_pretraining_steps_learn_in_every_precision(synthetic_data: Path, tmp_path: Path, monkeypatch, no_launcher,
-                                                    precision: str):
+                                                    record_property, precision: str):
     """8 epochs of 3 steps: finite, falling loss (the CPU test's criterion), every weight matrix of
     both encoders updated, everything on the device, autocast in the precision's dtype, and for
     O1 on CUDA a GradScaler at work."""
     record = record_training(monkeypatch)
     folder = pretrain.main(pretrain_args(synthetic_data, tmp_path, "--epochs", "8", "--softmax", "--device", gpu(),
-                                    *PRECISIONS[precision]))
+                                         *PRECISIONS[precision]))
     losses = epoch_losses(folder)
+    record_property("epoch_losses", losses)
     assert len(losses) == 8 and all(torch.isfinite(torch.tensor(losses))), losses
     # epoch 1 scores against the random initial banks; from then on the loss must fall
     assert losses[-1] < min(losses[:2]) - 0.1, losses
