@@ -7,8 +7,8 @@ OLD=NEW`. RGB and depth samples are paired by sample key (the file stem without 
 never by line order.
 
 Images are decoded once into a uint8 (RGB) / uint8-or-uint16 (depth) store resized to
-`load_size` x `load_size`, optionally backed by a memory-mapped cache file validated against the
-source files' sizes and modification times. Augmentation happens on whole batches, on the training device (`PairAugment`).
+`load_size` x `load_size`, optionally backed by memory-mapped cache files named by the source
+files' sizes and modification times, which check themselves when reused. Augmentation happens on whole batches, on the training device (`PairAugment`).
 """
 from __future__ import annotations
 
@@ -613,11 +613,69 @@ def _resize(array: np.ndarray, size: int) -> np.ndarray:
                          align_corners=False)[0].numpy()
 
 
+def _sampled_sha1(path: Path, blocks: int = 16, block: int = 1 << 16) -> str:
+    """SHA-1 of a file's size and of `blocks` evenly spaced blocks (the whole file when small):
+    a cache can be as large as the data, so hashing all of it would cost a full read per run."""
+    size = path.stat().st_size
+    digest = hashlib.sha1(str(size).encode())
+    with path.open("rb") as handle:
+        if size <= blocks * block:
+            digest.update(handle.read())
+        else:
+            for k in range(blocks):
+                handle.seek((size - block) * k // (blocks - 1))
+                digest.update(handle.read(block))
+    return digest.hexdigest()
+
+
+def _open_cache(manifest: Path, files: dict[str, tuple[Path, np.dtype, tuple[int, ...]]]
+                ) -> tuple[dict[str, np.ndarray], str | None]:
+    """The cached arrays by view, memory-mapped, or a line naming the damaged file and why.
+
+    A file must parse as `.npy` with the expected dtype and shape, have exactly the size its
+    header implies, and match the size and sampled SHA-1 the manifest recorded (manifests of
+    older versions record none: they get the other checks).
+    """
+    try:
+        record = json.loads(manifest.read_text())
+    except (OSError, ValueError) as err:
+        return {}, _damaged(manifest, _one_line(err))
+    saved = record.get("files", {}) if isinstance(record, dict) else None
+    if not isinstance(saved, dict):
+        return {}, _damaged(manifest, "not a cache manifest")
+    arrays = {}
+    for view, (path, dtype, shape) in files.items():
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            return {}, _damaged(path, _one_line(err))
+        if array.dtype != dtype or array.shape != shape:
+            return {}, _damaged(path, f"holds {array.dtype} {array.shape}, expected {dtype} {shape}")
+        size, expected = path.stat().st_size, array.offset + array.nbytes
+        if size != expected:
+            return {}, _damaged(path, f"{size} bytes, its header implies {expected}")
+        entry = saved.get(view)
+        if entry is not None and (entry.get("bytes") != size or entry.get("sha1") != _sampled_sha1(path)):
+            return {}, _damaged(path, "content differs from what was written")
+        arrays[view] = array
+    return arrays, None
+
+
+def _damaged(path: Path, reason: str) -> str:
+    return f"{path}: damaged decoded-image cache ({reason})"
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 class ImageStore:
     """All samples decoded once: `rgb` (N, 3, S, S) uint8 and `depth` (N, 1, S, S) uint16.
 
     With `cache_dir`, the arrays live in memory-mapped `.npy` files named by a hash of the
-    sources (paths, sizes, modification times) and `load_size`, reused while they match.
+    sources (paths, sizes, modification times) and `load_size`, reused while they match. The
+    manifest, written last, records each file's size and sampled SHA-1; a cache that fails these
+    checks is decoded again with one warning, so that a damaged file never needs removing by hand.
     """
 
     def __init__(self, samples: Sequence[Sample], load_size: int, cache_dir: str | Path | None = None,
@@ -635,20 +693,34 @@ class ImageStore:
         cache_dir.mkdir(parents=True, exist_ok=True)
         stem = cache_dir / f"store_{self._fingerprint()}"
         manifest = stem.with_suffix(".json")
-        rgb_file, depth_file = Path(f"{stem}_rgb.npy"), Path(f"{stem}_depth.npy")
-        if manifest.is_file() and rgb_file.is_file() and depth_file.is_file():
-            self.rgb = np.load(rgb_file, mmap_mode="r")
-            self.depth = np.load(depth_file, mmap_mode="r")
-            if self.rgb.shape == rgb_shape and self.depth.shape == depth_shape:
+        files = {"rgb": (Path(f"{stem}_rgb.npy"), np.dtype(np.uint8), rgb_shape),
+                 "depth": (Path(f"{stem}_depth.npy"), np.dtype(np.uint16), depth_shape)}
+        if manifest.is_file():
+            arrays, problem = _open_cache(manifest, files)
+            if problem is None:
+                self.rgb, self.depth = arrays["rgb"], arrays["depth"]
                 return
+            print(f"warning: {problem}; decoding the images again", file=sys.stderr)
         manifest.unlink(missing_ok=True)
-        self.rgb = np.lib.format.open_memmap(rgb_file, "w+", np.uint8, rgb_shape)
-        self.depth = np.lib.format.open_memmap(depth_file, "w+", np.uint16, depth_shape)
-        self._decode(range(n), workers, progress)
-        self.rgb.flush()
-        self.depth.flush()
-        manifest.write_text(json.dumps({"n": n, "load_size": s,
-                                        "first": str(self.samples[0].rgb_path)}) + "\n")
+        # Written under temporary names, renamed into place, then the manifest last: a cache file
+        # is whole or absent, and a process still reading an older copy keeps it.
+        tmp = {view: path.with_name(f".{path.name}.{os.getpid()}.tmp") for view, (path, _, _) in files.items()}
+        try:
+            self.rgb = np.lib.format.open_memmap(tmp["rgb"], "w+", np.uint8, rgb_shape)
+            self.depth = np.lib.format.open_memmap(tmp["depth"], "w+", np.uint16, depth_shape)
+            self._decode(range(n), workers, progress)
+            self.rgb.flush()
+            self.depth.flush()
+            record = {}
+            for view, (path, _, _) in files.items():
+                record[view] = {"bytes": tmp[view].stat().st_size, "sha1": _sampled_sha1(tmp[view])}
+                os.replace(tmp[view], path)
+        except BaseException:
+            for path in tmp.values():
+                path.unlink(missing_ok=True)
+            raise
+        atomic_write_text(manifest, json.dumps({"n": n, "load_size": s, "first": str(self.samples[0].rgb_path),
+                                                "files": record}) + "\n")
 
     def _fingerprint(self) -> str:
         digest = hashlib.sha1(str(self.load_size).encode())

@@ -150,3 +150,55 @@ def test_excluded_subject_without_pool_pairs_is_no_error(data: Path, capsys) -> 
     assert f"excluded subjects {subject}: 0 pairs left out" in capsys.readouterr().out
 
 
+# ---------------------------------------------------------------------------------------------
+# A damaged --cache_dir rebuilds itself with one warning
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, path.stat().st_size, np.uint8).tobytes())
+
+
+def _garbage_after_header(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-64:] = bytes(range(64))
+    path.write_bytes(bytes(data))
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _appended(path: Path) -> None:
+    with path.open("ab") as handle:
+        handle.write(b"\0" * 100)
+
+
+@pytest.mark.parametrize("suffix, damage, reason", [
+    ("_rgb.npy", _truncate, ""),
+    ("_depth.npy", _truncate, ""),
+    ("_rgb.npy", _appended, "bytes, its header implies"),
+    ("_rgb.npy", _garbage, ""),
+    ("_depth.npy", _garbage_after_header, "content differs from what was written"),
+    ("_rgb.npy", _empty, ""),
+    (".json", _garbage, ""),
+])
+def test_damaged_cache_is_rebuilt(data: Path, tmp_path: Path, capsys, suffix, damage, reason) -> None:
+    cache = tmp_path / "cache"
+    first = finetune.main(frozen(data, tmp_path / "a", "--cache_dir", str(cache)))
+    (target,) = cache.glob(f"store_*{suffix}")
+    damage(target)
+    capsys.readouterr()
+    again = finetune.main(frozen(data, tmp_path / "b", "--cache_dir", str(cache)))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "cache" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: {target}: damaged decoded-image cache (")
+    assert reason in warnings[0] and warnings[0].endswith("); decoding the images again")
+    assert again["acc"] == first["acc"]
+    finetune.main(frozen(data, tmp_path / "c", "--cache_dir", str(cache)))
+    assert "cache" not in capsys.readouterr().err  # the rebuilt cache is whole
+    assert not list(cache.glob(".*.tmp"))
+
+
