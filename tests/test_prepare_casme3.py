@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import runpy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 import dataset
 import util
@@ -215,6 +217,35 @@ def test_rerun_reuses_outputs_and_refuses_other_settings(prepared: tuple[Path, d
     assert image.stat().st_mtime_ns == stamp
     with pytest.raises(util.UserError, match=r"image_size 0 -> 32.*--overwrite"):
         cli.main(full_argv(release, out)[:-3] + ["--image_size", "32", "--calibrate"])
+
+
+def test_truncated_frames_and_outputs_are_not_used(release: fake.FakeRelease, tmp_path: Path,
+                                                   capfd: pytest.CaptureFixture) -> None:
+    """A source JPEG cut short is reported and its ME left out (OpenCV alone would only warn and
+    return a grey-filled frame); a cut-short output PNG is written again on a re-run, not reused."""
+    root = Path(shutil.copytree(release.root, tmp_path / "partA"))
+    out = tmp_path / "out"
+    argv = ["--root", str(root), "--annotation", str(release.annotation), "--out", str(out), "--crop", "none",
+            "--image_size", "32", "--pool", "none"]
+    first = cli.main(argv)
+    assert (first["labeled"]["written"], first["labeled"]["reused"]) == (8, 0)
+    apex = root / "RGB" / "spNO.1" / "a" / "color" / "9.jpg"  # row 2: onset 5, apex 9
+    apex.write_bytes(apex.read_bytes()[: apex.stat().st_size // 2])
+    rows = [line.split()[0] for line in (out / "data" / "v_rgb" / "spNO3_test.txt").read_text().splitlines()]
+    output = out / rows[0]
+    output.write_bytes(output.read_bytes()[:-40])
+    capfd.readouterr()
+    again = cli.main(argv)
+    assert (again["labeled"]["samples"], again["labeled"]["written"], again["labeled"]["reused"]) == (7, 1, 6)
+    (item,) = [i for i in again["items"] if i["kind"] == "truncated_frame"]
+    assert item["category"] == "skipped" and item["source"].endswith(" 2")
+    assert item["detail"] == f"RGB frame {apex} is truncated (no JPEG end marker FFD9)"
+    assert "Premature end of JPEG" not in capfd.readouterr().err
+    assert R2_KEY not in "".join(p.read_text() for p in (out / "data").glob("v_*/*.txt"))
+    with Image.open(output) as image:
+        image.load()
+    assert ci.jpeg_problem(b"\xff\xd8", b"...\xff\xd9\0\0", "x") is None  # zero padding after the end marker
+    assert ci.jpeg_problem(b"\x89P", b"...", "x") is None  # not a JPEG: the decoder judges it
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,12 @@ Box = tuple[int, int, int, int]  # x, y, width, height in pixels
 
 
 class FrameError(Exception):
-    """A frame that cannot be used (unreadable, wrong format); the pair is skipped."""
+    """A frame that cannot be used (unreadable, truncated, wrong format); the pair is skipped and
+    reported as `kind`."""
+
+    def __init__(self, message: str, kind: str = "unreadable_frame") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def depth_difference(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -192,9 +197,45 @@ class PairResult:
     notes: tuple[tuple[str, str], ...] = ()
 
 
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
+TAIL_BYTES = 4096  # the end marker is looked for in this many last bytes (after any zero padding)
+
+
+def jpeg_problem(head: bytes, tail: bytes, path: str) -> str | None:
+    """Why a file starting with `head` and ending with `tail` cannot be a whole JPEG frame, or None
+    (also None for a file that is not a JPEG: the decoder judges those).
+
+    A JPEG ends with the end-of-image marker FFD9, zero padding after it tolerated. OpenCV
+    decodes a truncated file anyway, only warning on stderr, and the missing part comes out grey,
+    which would make a plausible but false difference image.
+    """
+    if head.startswith(JPEG_START) and not tail.rstrip(b"\0").endswith(JPEG_END):
+        return f"RGB frame {path} is truncated (no JPEG end marker FFD9)"
+    return None
+
+
+def jpeg_file_problem(path: str) -> str | None:
+    """`jpeg_problem` of a file read from its ends only (cheap enough to check every reused pair)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+            handle.seek(max(0, handle.seek(0, 2) - TAIL_BYTES))
+            tail = handle.read()
+    except OSError as err:
+        return f"cannot read RGB frame {path} ({err.strerror})"
+    return jpeg_problem(head, tail, path)
+
+
 def read_rgb(path: str) -> np.ndarray:
-    """(H, W, 3) uint8 BGR frame."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    """(H, W, 3) uint8 BGR frame; FrameError when unreadable or a truncated JPEG."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise FrameError(f"cannot read RGB frame {path} ({err.strerror})") from None
+    problem = jpeg_problem(data[:2], data[-TAIL_BYTES:], path)
+    if problem:
+        raise FrameError(problem, "truncated_frame")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise FrameError(f"cannot read RGB frame {path}")
     return image
@@ -232,7 +273,7 @@ def process_pair(task: PairTask) -> PairResult:
         rgb_first, rgb_second = read_rgb(task.rgb_first), read_rgb(task.rgb_second)
         depth_first, depth_second = read_depth(task.depth_first), read_depth(task.depth_second)
     except FrameError as err:
-        return PairResult(task.key, "skipped", kind="unreadable_frame", reason=str(err))
+        return PairResult(task.key, "skipped", kind=err.kind, reason=str(err))
     if rgb_first.shape != rgb_second.shape or depth_first.shape != depth_second.shape:
         return PairResult(task.key, "skipped", kind="frame_size",
                           reason=f"frame sizes differ between {task.rgb_first} and {task.rgb_second} "

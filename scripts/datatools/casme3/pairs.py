@@ -42,17 +42,24 @@ class PairCache:
 
 
 def _image_ok(path: str, mode: str, size: int) -> bool:
-    """The file opens as a PNG of `mode` (and `size` x `size` when size > 0)."""
+    """The file is a whole PNG of `mode` (and `size` x `size` when size > 0). It is decoded in
+    full, because the header of a PNG cut short by an interrupted run or a full disk still reads
+    as valid."""
     try:
         with Image.open(path) as image:
-            return image.format == "PNG" and image.mode == mode and (not size or image.size == (size, size))
-    except (OSError, ValueError):
+            if image.format != "PNG" or image.mode != mode or (size and image.size != (size, size)):
+                return False
+            image.load()
+            return True
+    except (OSError, ValueError, SyntaxError):
         return False
 
 
 def reuse(task: ci.PairTask, entry: dict | None) -> ci.PairResult | None:
     """The cached outcome of `task`, or None when it must be (re)computed."""
-    if entry is None:
+    # A pair measured from a truncated frame (by a version that did not check, or truncated
+    # since) is computed again, so that it is reported and left out instead of reused.
+    if entry is None or any(ci.jpeg_file_problem(frame) for frame in (task.rgb_first, task.rgb_second)):
         return None
     intensity = ci.intensity_of(task.measure, entry["mad"], entry["flow"], task.au_change)
     if ci.below(intensity, task.min_intensity):
