@@ -24,14 +24,23 @@ python="${PYTHON:-$repo/.venv/bin/python}"
 [[ -x "$python" ]] || python="$(command -v python3)"
 script="$repo/fine-tune_CVSCL.py"
 
+fail() { echo "error: $*" >&2; exit 2; }
+# The value of the flag $1 (in $2, present when $3 is 2 or more): a whole number, at least $4.
+# Checked here because bash arithmetic reads a word as a variable name and reports its own errors.
+number() {
+    (( $3 >= 2 )) && [[ "$2" != --* ]] || fail "$1: missing value (expected a whole number)"
+    [[ "$2" =~ ^[0-9]{1,9}$ ]] && (( 10#$2 >= $4 )) || fail "$1 $2: expected a whole number >= $4"
+    echo $(( 10#$2 ))
+}
+
 workers=""
 nodes=1
 node_rank=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --workers) workers="$2" ;;
-        --nodes) nodes="$2" ;;
-        --node_rank) node_rank="$2" ;;
+        --workers) workers=$(number "$1" "${2-}" $# 1) || exit 2 ;;
+        --nodes) nodes=$(number "$1" "${2-}" $# 1) || exit 2 ;;
+        --node_rank) node_rank=$(number "$1" "${2-}" $# 0) || exit 2 ;;
         *) break ;;
     esac
     shift 2
@@ -40,8 +49,10 @@ done
 (( nodes >= 1 && node_rank >= 0 && node_rank < nodes )) \
     || { echo "error: --node_rank $node_rank --nodes $nodes: need 0 <= K < M" >&2; exit 2; }
 
-mapfile -t subjects < <("$python" "$script" "$@" --list_subjects)
-[[ ${#subjects[@]} -gt 0 ]] || { echo "error: no subjects to run" >&2; exit 2; }
+# fine-tune_CVSCL.py's own error line (bad flags, missing lists) ends the sweep with its status
+listed=$("$python" "$script" "$@" --list_subjects) || exit $?
+[[ -n "$listed" ]] || fail "no subjects to run"
+mapfile -t subjects <<< "$listed"
 
 gpus=()
 if [[ -z "$workers" ]]; then

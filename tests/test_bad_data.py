@@ -202,3 +202,21 @@ def test_damaged_cache_is_rebuilt(data: Path, tmp_path: Path, capsys, suffix, da
     assert not list(cache.glob(".*.tmp"))
 
 
+# ---------------------------------------------------------------------------------------------
+# scripts/sweep_subjects.sh validates its own flags
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workers", "abc", "--data_folder", "x"], "--workers abc: expected a whole number >= 1"),
+    (["--workers", "0", "--data_folder", "x"], "--workers 0: expected a whole number >= 1"),
+    (["--workers", "-2", "--data_folder", "x"], "--workers -2: expected a whole number >= 1"),
+    (["--nodes", "x", "--data_folder", "x"], "--nodes x: expected a whole number >= 1"),
+    (["--node_rank", "1.5", "--data_folder", "x"], "--node_rank 1.5: expected a whole number >= 0"),
+    (["--nodes", "2", "--node_rank", "2", "--data_folder", "x"], "--node_rank 2 --nodes 2: need 0 <= K < M"),
+    (["--workers", "--data_folder", "x"], "--workers: missing value (expected a whole number)"),
+    (["--nodes"], "--nodes: missing value (expected a whole number)"),
+])
+def test_sweep_script_refuses_bad_flags(argv: list[str], message: str) -> None:
+    done = subprocess.run(["bash", str(util.REPO_ROOT / "scripts" / "sweep_subjects.sh"), *argv],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr.splitlines(), done.stdout) == (2, [f"error: {message}"], "")
