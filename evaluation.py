@@ -597,7 +597,16 @@ def fit(args: argparse.Namespace, model: Classifier, fetch: Fetch, data: EvalDat
             targets_seen.append(target)
         mean_loss = float(torch.stack(losses).cpu() @ torch.tensor(sizes, dtype=torch.float32)) / sum(sizes)
         if not math.isfinite(mean_loss):
-            raise util.UserError(f"{tag}: non-finite loss at epoch {epoch} (lower --learning_rate)")
+            # Blame the learning rate only when the inputs are finite: non-finite inputs (bad
+            # normalisation flags, overflowing features) fail at any learning rate.
+            finite = all(bool(torch.isfinite(fetch(train_index[b], False, None)).all())
+                         for b in dataset.iterate_batches(len(train_index), args.batch_size, False, False))
+            raise util.UserError(
+                f"{tag}: non-finite loss at epoch {epoch}; " + (
+                    f"its inputs are finite, so the weights diverged: lower --learning_rate "
+                    f"({args.learning_rate:g}) or check the encoder checkpoint" if finite else
+                    "its inputs already hold NaN or infinite values (check --rgb_std/--depth_std and the "
+                    "encoder checkpoint; a lower --learning_rate will not help)"))
         train_acc = (torch.cat(logits_seen).argmax(1) == torch.cat(targets_seen)).float().mean().item()
         scheduler.step()
         history.append({"epoch": epoch, "loss": mean_loss, "train_acc": train_acc, "lr": lr})

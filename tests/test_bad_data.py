@@ -203,6 +203,21 @@ def test_damaged_cache_is_rebuilt(data: Path, tmp_path: Path, capsys, suffix, da
 
 
 # ---------------------------------------------------------------------------------------------
+# A non-finite loss blames the learning rate only when the inputs are finite
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--learning_rate", "1e30"], "its inputs are finite, so the weights diverged: lower --learning_rate (1e+30) "
+                                  "or check the encoder checkpoint"),
+    (["--rgb_std", "0", "0", "0"], "its inputs already hold NaN or infinite values (check --rgb_std/--depth_std "
+                                   "and the encoder checkpoint; a lower --learning_rate will not help)"),
+])
+def test_non_finite_loss_names_its_cause(synthetic_data: Path, tmp_path: Path, capsys, flags, message) -> None:
+    line = fails(finetune.main, frozen(synthetic_data, tmp_path, *flags), capsys)
+    assert line == f"error: seed0/{first_subject(synthetic_data)}: non-finite loss at epoch 1; {message}"
+
+
+# ---------------------------------------------------------------------------------------------
 # scripts/sweep_subjects.sh validates its own flags
 
 
