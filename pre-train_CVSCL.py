@@ -11,6 +11,7 @@ Only rank 0 prints, writes TensorBoard, the JSON-lines log and checkpoints.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -35,11 +36,14 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         "pre-train_CVSCL.py", description="DVSCL pre-training on RGB/depth difference-image pairs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--print_freq", type=int, default=10, help="steps between progress-bar updates of the loss")
-    parser.add_argument("--save_freq", type=int, default=10, help="epochs between numbered checkpoints")
-    parser.add_argument("--last_interval", type=float, default=300,
-                        help="seconds between saves of last.pth, the resume point, which is also saved with "
-                             "every numbered checkpoint and after the last epoch; 0 = after every epoch")
+    util.process_only(parser.add_argument("--print_freq", type=int, default=10,
+                                          help="steps between progress-bar updates of the loss"))
+    util.process_only(parser.add_argument("--save_freq", type=int, default=10,
+                                          help="epochs between numbered checkpoints"))
+    util.process_only(parser.add_argument("--last_interval", type=float, default=300,
+                                          help="seconds between saves of last.pth, the resume point, which is "
+                                               "also saved with every numbered checkpoint and after the last "
+                                               "epoch; 0 = after every epoch"))
     parser.add_argument("--batch_size", type=int, default=128,
                         help="pairs per process and step; the global batch is this times the number of processes")
     parser.add_argument("--epochs", type=int, default=240)
@@ -52,7 +56,8 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
                         help="multiply --learning_rate by the number of processes (linear scaling rule)")
     parser.add_argument("--sync_bn", action="store_true",
                         help="under torchrun on GPUs, batch-norm statistics over the global batch (SyncBatchNorm)")
-    parser.add_argument("--resume", type=str, default="", metavar="PATH", help="checkpoint to continue from")
+    util.process_only(parser.add_argument("--resume", type=str, default="", metavar="PATH",
+                                          help="checkpoint to continue from"))
     parser.add_argument("--model", type=str, default="alexnet", choices=MODEL_NAMES)
     parser.add_argument("--softmax", action="store_true", help="softmax-NCE (InfoNCE) instead of NCE")
     parser.add_argument("--nce_k", type=int, default=4096, help="negatives per positive")
@@ -63,16 +68,25 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
                         help="never draw the anchor as its own negative (the original draws uniformly)")
     parser.add_argument("--bank_dtype", choices=["float32", "float16"], default="float32",
                         help="storage type of the memory banks (float16 halves their memory)")
-    parser.add_argument("--model_path", type=str, required=True, help="where run folders with checkpoints go")
-    parser.add_argument("--tb_path", type=str, required=True, help="where TensorBoard run folders go")
+    util.process_only(parser.add_argument("--model_path", type=str, required=True,
+                                          help="where run folders with checkpoints go"))
+    util.process_only(parser.add_argument("--tb_path", type=str, required=True,
+                                          help="where TensorBoard run folders go"))
     util.add_amp_args(parser)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
+    util.process_only(parser.add_argument("--device", type=str, default="auto",
+                                          help="auto, cpu, cuda or cuda:N"))
     parser.add_argument("--intensity_threshold", type=float, default=None,
                         help="keep only pool pairs with intensity >= this (intensity perception)")
     parser.add_argument("--intensity_csv", type=str, default=None, help="CSV with columns key,intensity")
     parser.add_argument("--exclude_subjects", type=str, default="",
                         help="comma-separated subjects (e.g. spNO1) left out of the pool")
+    util.process_only(parser.add_argument("--run_name", type=str, default=None,
+                                          help="run folder name under MODEL_PATH and TB_PATH; default derived "
+                                               "from the settings"))
+    util.process_only(parser.add_argument("--overwrite", action="store_true",
+                                          help="start afresh in a run folder that holds checkpoints of the same "
+                                               "settings, deleting them (without it such a run needs --resume)"))
     dataset.add_data_args(parser)
     dataset.add_augment_args(parser, crop_low=1.0, jitter=0.4, grayscale_p=0.2)
     args = parser.parse_args(argv)
@@ -85,16 +99,64 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0 <= args.nce_m < 1:
         raise util.UserError(f"--nce_m {args.nce_m}: the bank momentum must be in [0, 1)")
     args.method = "softmax" if args.softmax else "nce"
-    args.model_name = (f"memory_{args.method}_{args.nce_k}_{args.model}_lr_{args.learning_rate}"
-                       f"_decay_{args.weight_decay}_bsz_{args.batch_size}")
-    if args.amp:
-        args.model_name += f"_amp_{args.opt_level}"
-    args.model_name += "_view_RGB_D"
-    if args.intensity_threshold is not None:
-        args.model_name += f"_int_{args.intensity_threshold:g}"
+    args.model_name = args.run_name or default_run_name(args)
     args.model_folder = str(Path(args.model_path) / args.model_name)
     args.tb_folder = str(Path(args.tb_path) / args.model_name)
     return args
+
+
+def default_run_name(args: argparse.Namespace) -> str:
+    """The published name, `memory_<method>_<K>_<model>_lr_<lr>_decay_<wd>_bsz_<B>[_amp_<level>]_view_RGB_D`,
+    then what the README's recipes vary so that they never share a folder:
+    `[_int_<threshold>][_excl_<subjects>]_seed<S>` (more than three excluded subjects as their
+    count and a digest of the list)."""
+    name = (f"memory_{args.method}_{args.nce_k}_{args.model}_lr_{args.learning_rate}"
+            f"_decay_{args.weight_decay}_bsz_{args.batch_size}")
+    if args.amp:
+        name += f"_amp_{args.opt_level}"
+    name += "_view_RGB_D"
+    if args.intensity_threshold is not None:
+        name += f"_int_{args.intensity_threshold:g}"
+    excluded = sorted({s.strip() for s in args.exclude_subjects.split(",") if s.strip()})
+    if excluded:
+        digest = hashlib.sha1(",".join(excluded).encode()).hexdigest()[:8]
+        name += f"_excl_{'-'.join(excluded)}" if len(excluded) <= 3 else f"_excl{len(excluded)}_{digest}"
+    return name + f"_seed{args.seed}"
+
+
+# Values derived from flags, recorded in checkpoints but not part of a run's identity (their flags are).
+DERIVED = {"model_name", "model_folder", "tb_folder", "world_size", "prefixes"}
+
+
+def claim_run_folder(args: argparse.Namespace) -> None:
+    """Make the run folder this run's, or refuse with one line.
+
+    `run.json` records the settings that determine the run's result (every flag but the
+    `process_only` ones). A folder holding another run's settings is refused, naming the flags that
+    differ, unless `--resume` points into it (a resume may change settings; flags win). A folder
+    with checkpoints of the same settings needs `--resume` (continue) or `--overwrite` (start
+    afresh: its checkpoints, log and TensorBoard files are deleted first).
+    """
+    folder, tb_folder = Path(args.model_folder), Path(args.tb_folder)
+    record = folder / "run.json"
+    identity = util.run_identity(args, exclude=DERIVED)
+    resuming_here = bool(args.resume) and Path(args.resume).resolve().parent == folder.resolve()
+    if record.is_file() and not resuming_here:
+        stored = json.loads(record.read_text())
+        differ = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+        if differ:
+            shown = ", ".join(f"--{k} {stored.get(k)!r} there, {identity.get(k)!r} here" for k in differ[:4])
+            raise util.UserError(f"{record}: this run folder holds a run of other settings ({shown}); pass "
+                                 "--run_name or another --model_path, or --resume a checkpoint of it")
+    finished = sorted(folder.glob("ckpt_epoch_*.pth")) + sorted(folder.glob("last.pth"))
+    if finished and not args.resume:
+        if not args.overwrite:
+            raise util.UserError(f"{folder}: holds checkpoints of a run with these settings ({finished[-1].name}); "
+                                 "pass --resume to continue it or --overwrite to start afresh")
+        for old in [*finished, folder / "log.jsonl", *tb_folder.glob("events.out.tfevents.*")]:
+            old.unlink(missing_ok=True)
+        print(f"--overwrite: deleted {len(finished)} checkpoint(s), the log and TensorBoard files of {folder}")
+    util.atomic_write_json(record, identity)
 
 
 def process_seed(seed: int, rank: int, epoch: int = 0) -> int:
@@ -358,6 +420,8 @@ def run(args: argparse.Namespace, device: torch.device) -> Path:
     if args.nce_k >= len(pool):
         print(f"warning: --nce_k {args.nce_k} is not smaller than the pool ({len(pool)} pairs): every anchor's "
               "negatives repeat the same pairs, several times over", file=sys.stderr)
+    if util.is_main_process():
+        claim_run_folder(args)
     store = load_store(pool, args)
     transform = dataset.augment_from_args(args, train=True)
 

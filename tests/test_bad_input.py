@@ -134,3 +134,37 @@ def test_evaluation_tensorboard_files_go_to_a_per_run_folder(synthetic_data: Pat
                                 "--subjects", "spNO59,spNO67", "--freeze_encoder"))
     assert sorted(p.name for p in tb.iterdir()) == ["first", "second"]
     assert all(any(p.name.startswith("events.out.tfevents") for p in (tb / n).iterdir()) for n in ("first", "second"))
+
+
+# ---------------------------------------------------------------------------------------------
+# A pre-training run's identity: no run silently overwrites another
+
+
+def test_runs_differing_in_seed_or_exclusion_keep_their_own_folders(pool: Path, tmp_path: Path) -> None:
+    base = run_args(pool, tmp_path, "--epochs", "1")
+    folders = [pretrain.main([*base, "--seed", "0"]), pretrain.main([*base, "--seed", "1"]),
+               pretrain.main([*base, "--exclude_subjects", "spNO1"])]
+    assert len({f.name for f in folders}) == 3
+    assert folders[0].name.endswith("_seed0") and folders[2].name.endswith("_excl_spNO1_seed0")
+    for folder in folders:
+        assert torch.load(folder / "last.pth", weights_only=True)["epoch"] == 1
+        assert len((folder / "log.jsonl").read_text().splitlines()) == 1
+        assert len(list((tmp_path / "tb" / folder.name).glob("events.out.tfevents.*"))) == 1
+    seed0 = torch.load(folders[0] / "last.pth", weights_only=True)["model"]
+    seed1 = torch.load(folders[1] / "last.pth", weights_only=True)["model"]
+    assert not all(torch.equal(seed0[k], seed1[k]) for k in seed0)
+
+
+def test_a_folder_of_other_settings_or_finished_checkpoints_is_refused(pool: Path, tmp_path: Path, capsys) -> None:
+    base = run_args(pool, tmp_path, "--epochs", "1", "--run_name", "mine")
+    folder = pretrain.main(base)
+    before = (folder / "last.pth").read_bytes()
+    line = fails(pretrain.main, [*base, "--nce_t", "0.2"], capsys)
+    assert "run.json: this run folder holds a run of other settings (--nce_t 0.07 there, 0.2 here)" in line
+    line = fails(pretrain.main, base, capsys)
+    assert "holds checkpoints of a run with these settings (last.pth); pass --resume" in line
+    assert (folder / "last.pth").read_bytes() == before
+    pretrain.main([*base, "--overwrite"])
+    assert "--overwrite: deleted" in capsys.readouterr().out
+    assert len((folder / "log.jsonl").read_text().splitlines()) == 1
+    assert len(list((tmp_path / "tb" / "mine").glob("events.out.tfevents.*"))) == 1

@@ -75,7 +75,7 @@ def test_cli_writes_safe_checkpoints_and_logs(pool: Path, tmp_path: Path):
     result = cli(*run_args(pool, tmp_path, "--epochs", "2", "--save_freq", "1"))
     assert result.returncode == 0, result.stderr
     [run] = (tmp_path / "models").iterdir()
-    assert run.name == "memory_nce_32_alexnet_lr_0.03_decay_0.0001_bsz_8_view_RGB_D"
+    assert run.name == "memory_nce_32_alexnet_lr_0.03_decay_0.0001_bsz_8_view_RGB_D_seed0"
     for name in ("ckpt_epoch_1.pth", "ckpt_epoch_2.pth", "last.pth"):
         ckpt = torch.load(run / name, map_location="cpu", weights_only=True)
         assert set(ckpt) >= {"model", "contrast", "optimizer", "scaler", "epoch", "args", "rng"}
