@@ -131,7 +131,7 @@ def test_intensity_threshold_filters_pool(pool: Path, tmp_path: Path):
     assert result.returncode == 0, result.stderr
     assert "kept 12 pairs, dropped 12" in result.stdout
     [run] = (tmp_path / "models").iterdir()
-    assert run.name.endswith("_int_0.5")
+    assert run.name.endswith("_int_0.5_seed0")
     assert torch.load(run / "last.pth", weights_only=True)["contrast"]["memory_rgb"].shape[0] == 12
 
 
