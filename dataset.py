@@ -439,7 +439,7 @@ def load_pool(list_folder: Path, data_folder: Path, prefixes: Sequence[tuple[str
     if intensity_csv:
         samples = _with_csv_intensity(samples, Path(intensity_csv))
     if exclude_subjects:
-        excluded = {_subject_name(name) for name in exclude_subjects}
+        excluded = {subject_name(name) for name in exclude_subjects}
         _check_excluded(excluded, samples, list_folder, rgb_list if rgb_list.is_file() else None)
         before = len(samples)
         samples = [s for s in samples if s.subject not in excluded]
@@ -458,7 +458,7 @@ def load_pool(list_folder: Path, data_folder: Path, prefixes: Sequence[tuple[str
     return samples
 
 
-def _subject_name(name: str) -> str:
+def subject_name(name: str) -> str:
     """A subject as the user spells it (`spNO.1`, `spNO1`, `spno1`) in the `list_subject` spelling."""
     match = _SUBJECT_IN_NAME.fullmatch(name.strip())
     return list_subject(int(match.group(1))) if match else name.strip()

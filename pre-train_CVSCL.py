@@ -117,7 +117,7 @@ def default_run_name(args: argparse.Namespace) -> str:
     name += "_view_RGB_D"
     if args.intensity_threshold is not None:
         name += f"_int_{args.intensity_threshold:g}"
-    excluded = sorted({s.strip() for s in args.exclude_subjects.split(",") if s.strip()})
+    excluded = sorted({dataset.subject_name(s) for s in args.exclude_subjects.split(",") if s.strip()})
     if excluded:
         digest = hashlib.sha1(",".join(excluded).encode()).hexdigest()[:8]
         name += f"_excl_{'-'.join(excluded)}" if len(excluded) <= 3 else f"_excl{len(excluded)}_{digest}"
@@ -251,21 +251,23 @@ def train(epoch: int, store: dataset.ImageStore, transform: dataset.PairAugment,
     return stats
 
 
-def checkpoint_state(model, contrast, optimizer, scaler, epoch: int, args: argparse.Namespace,
+def checkpoint_state(model, contrast, optimizer, scaler, epoch: int, stats: dict, args: argparse.Namespace,
                      rng: list[dict]) -> dict:
     """Everything needed to continue, as state dicts and plain data (loads with weights_only).
 
     `model` is the bare module (not the DDP wrapper), so its keys carry no `module.` prefix; `rng`
-    holds every rank's `util.rng_state()`, in rank order.
+    holds every rank's `util.rng_state()`, in rank order; `stats` is the epoch's log line, so that
+    a resumed log can always end with the epoch it resumes from.
     """
     plain_args = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}
     return {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "contrast": contrast.state_dict(),
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-            "args": json.loads(json.dumps(plain_args)), "rng": rng}
+            "stats": stats, "args": json.loads(json.dumps(plain_args)), "rng": rng}
 
 
-def resume(path: str, model, contrast, optimizer, scaler, args: argparse.Namespace) -> int:
-    """Restore a run from `path`; returns the first epoch still to train. Flags win over stored args.
+def resume(path: str, model, contrast, optimizer, scaler, args: argparse.Namespace) -> tuple[int, dict | None]:
+    """Restore a run from `path`; returns the first epoch still to train and the log line of the
+    checkpoint's epoch (None in checkpoints written before they held it). Flags win over stored args.
 
     Every rank reads `path`. With the world size the checkpoint was written with, each rank gets
     its own random state back and training continues exactly; with another world size, each rank
@@ -303,7 +305,7 @@ def resume(path: str, model, contrast, optimizer, scaler, args: argparse.Namespa
               f"{world}: every process reseeded from --seed, the epoch and its rank (the run continues, "
               "but not bit for bit as it would have without the change)")
     print(f"resumed from {path} (epoch {ckpt['epoch']})")
-    return ckpt["epoch"] + 1
+    return ckpt["epoch"] + 1, ckpt.get("stats")
 
 
 def load_store(pool: list[dataset.Sample], args: argparse.Namespace) -> dataset.ImageStore:
@@ -335,7 +337,7 @@ class Recorder:
     their momentum and the banks, so saving it after every short epoch would cost more than the epoch.
     """
 
-    def __init__(self, args: argparse.Namespace, start_epoch: int) -> None:
+    def __init__(self, args: argparse.Namespace, start_epoch: int, resumed_stats: dict | None = None) -> None:
         self.folder = Path(args.model_folder)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -348,16 +350,18 @@ class Recorder:
         self.save_freq, self.epochs, self.last_interval = args.save_freq, args.epochs, args.last_interval
         self.last_saved = time.monotonic()
         self.log_path = self.folder / "log.jsonl"
-        self._keep_log_before(start_epoch)
+        self._log_up_to(start_epoch - 1, resumed_stats)
         self.log = self.log_path.open("a")
 
-    def _keep_log_before(self, start_epoch: int) -> None:
-        """Drop log lines of epochs from `start_epoch` on: a run that stopped after logging an epoch
-        whose checkpoint it never saved trains that epoch again, and must log it once."""
-        if not self.log_path.is_file():
-            return
-        lines = self.log_path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", 0) < start_epoch]
+    def _log_up_to(self, last_epoch: int, last_stats: dict | None) -> None:
+        """Make the log end with `last_epoch`, the checkpoint's: drop lines of later epochs (logged
+        before a crash, without a checkpoint: they are trained again) and restore that epoch's own
+        line from `last_stats` when a crash came between its checkpoint and its log line."""
+        lines = self.log_path.read_text().splitlines(keepends=True) if self.log_path.is_file() else []
+        kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", 0) <= last_epoch]
+        logged = {json.loads(line).get("epoch") for line in kept}
+        if last_stats is not None and last_epoch not in logged:
+            kept.append(json.dumps({"epoch": last_epoch, **last_stats}) + "\n")
         if kept != lines:
             util.atomic_write_text(self.log_path, "".join(kept))
 
@@ -429,11 +433,12 @@ def run(args: argparse.Namespace, device: torch.device) -> Path:
     optimizer = set_optimizer(args, model)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and args.opt_level == "O1"
                                   and device.type == "cuda")
-    start_epoch = resume(args.resume, model, contrast, optimizer, scaler, args) if args.resume else 1
+    start_epoch, resumed_stats = (resume(args.resume, model, contrast, optimizer, scaler, args) if args.resume
+                                  else (1, None))
     net = util.wrap_model(model, device)
     base_lr = args.learning_rate * (world if args.scale_lr else 1)
 
-    recorder = Recorder(args, start_epoch) if util.is_main_process() else None
+    recorder = Recorder(args, start_epoch, resumed_stats) if util.is_main_process() else None
     processes = f" in each of {world} processes" if world > 1 else ""
     print(f"{len(pool)} pairs, {args.model} on {device}{processes}, global batch {global_batch}, "
           f"base learning rate {base_lr:g}; checkpoints in {args.model_folder}")
@@ -445,7 +450,8 @@ def run(args: argparse.Namespace, device: torch.device) -> Path:
             stats["learning_rate"] = lr
             rng = util.all_gather_object(util.rng_state())
             if recorder:
-                recorder.epoch(epoch, stats, checkpoint_state(model, contrast, optimizer, scaler, epoch, args, rng))
+                recorder.epoch(epoch, stats,
+                               checkpoint_state(model, contrast, optimizer, scaler, epoch, stats, args, rng))
     finally:
         if recorder:
             recorder.close()

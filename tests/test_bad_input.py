@@ -110,20 +110,23 @@ def test_failed_save_keeps_the_previous_file(tmp_path: Path, monkeypatch) -> Non
 
 
 def test_resume_removes_stale_temporaries_and_logs_each_epoch_once(pool: Path, tmp_path: Path, capsys) -> None:
-    """A run killed inside a save leaves a temporary file, and one killed after logging an epoch whose
-    checkpoint it never saved has logged that epoch; the resumed run removes the first and logs
-    every epoch once."""
+    """A run killed inside a save leaves a temporary file; one killed between a checkpoint and its
+    log line lacks that line; one killed after logging an epoch whose checkpoint it never saved has
+    logged it. The resumed run removes the first, restores the second, drops the third, and
+    logs every epoch once."""
     argv = run_args(pool, tmp_path, "--epochs", "3", "--save_freq", "1")
     folder = pretrain.main(argv[:-2] + ["--epochs", "2"])
+    log_path = folder / "log.jsonl"
+    lines = log_path.read_text().splitlines(keepends=True)
     leftover = folder / ".last.pth.tmp.abc123"
     leftover.write_bytes(b"half a checkpoint")
-    with (folder / "log.jsonl").open("a") as log:  # epoch 3 logged, its checkpoint never written
-        log.write(json.dumps({"epoch": 3, "loss": 0.0}) + "\n")
+    log_path.write_text(lines[0] + json.dumps({"epoch": 3, "loss": 0.0}) + "\n")
     pretrain.main([*argv, "--resume", str(folder / "last.pth")])
     assert not leftover.exists()
     assert f"removed {leftover}" in capsys.readouterr().out
-    epochs = [json.loads(line)["epoch"] for line in (folder / "log.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2, 3]
+    resumed = log_path.read_text().splitlines(keepends=True)
+    assert [json.loads(line)["epoch"] for line in resumed] == [1, 2, 3]
+    assert resumed[:2] == lines
     assert torch.load(folder / "last.pth", weights_only=True)["epoch"] == 3
 
 
