@@ -43,7 +43,9 @@ DEFAULT_CLASS_NAMES = {3: ("negative", "positive", "surprise"),
 DBTYPE_CASME3 = 0
 UNLABELED = -1  # the label of a pool pair
 LIST_FOLDER = "data"
-RGB_LISTS, DEPTH_LISTS = "v_rgb", "v_depth"
+RGB_LISTS, DEPTH_LISTS, GRAY_LISTS = "v_rgb", "v_depth", "v_gray"
+# --view: the list folder of the second view beside v_rgb (None: RGB only, for data without one)
+SECOND_VIEW_LISTS = {"RGB_D": DEPTH_LISTS, "RGB_gray": GRAY_LISTS, "RGB": None}
 SUBJECT_LIST = "subName.txt"  # in RGB_LISTS
 CLASS_LIST = "classes.txt"
 POOL_LIST = "pretrain.txt"
