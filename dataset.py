@@ -51,11 +51,14 @@ CLASS_LIST = "classes.txt"
 POOL_LIST = "pretrain.txt"
 LIST_LINE = "<path> <label> <dbtype> [intensity]"
 POOL_FOLDER = "casme3_pool"
-DEPTH_SUFFIX = "_depth"
-VIEW_SUFFIXES = (DEPTH_SUFFIX, "_gray")
+DEPTH_SUFFIX, GRAY_SUFFIX = "_depth", "_gray"
+VIEW_SUFFIXES = (DEPTH_SUFFIX, GRAY_SUFFIX)
 # Difference images are signed around mid-grey (see encode_difference); default gains per view:
 RGB_GAIN = 2.0  # grey levels per 8-bit level, so that +-64 levels fill the range
 DEPTH_GAIN = {8: 16.0, 16: 64.0}  # grey levels per mm by PNG bit depth: +-8 mm or +-512 mm fill it
+# The grey view (RGB_gray): ITU-R 601 luma of R, G, B, the weights `_gray` gives the RGB view, so
+# that the grey images are what turning the RGB view grey would show
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 _SUBJECT_IN_NAME = re.compile(r"sp[Nn][Oo]\.?(\d+)")
 
 
@@ -96,26 +99,41 @@ def image_folder(n_classes: int) -> str:
     return f"casme3_diff_me{n_classes}"
 
 
-def image_dirs(n_classes: int) -> tuple[str, str]:
-    """RGB and depth folders of the labeled images (a subfolder per class), relative to the data folder."""
+def image_view_dirs(n_classes: int) -> tuple[str, str, str]:
+    """RGB, depth and grey folders of the labeled images (a subfolder per class), relative to the
+    data folder."""
     base = image_folder(n_classes)
-    return f"{base}/casme3_diff_imgs_all", f"{base}/casme3_diff_depth_all"
+    return f"{base}/casme3_diff_imgs_all", f"{base}/casme3_diff_depth_all", f"{base}/casme3_diff_gray_all"
+
+
+def image_dirs(n_classes: int) -> tuple[str, str]:
+    """RGB and depth folders of the labeled images: `image_view_dirs` without the grey one."""
+    return image_view_dirs(n_classes)[:2]
+
+
+def labeled_view_paths(n_classes: int, class_name: str, key: str) -> tuple[str, str, str]:
+    """RGB, depth and grey image paths of labeled sample `key`, relative to the data folder."""
+    return _view_paths(*(f"{folder}/{class_name}" for folder in image_view_dirs(n_classes)), key)
 
 
 def labeled_paths(n_classes: int, class_name: str, key: str) -> tuple[str, str]:
-    """RGB and depth image paths of labeled sample `key`, relative to the data folder."""
-    rgb_dir, depth_dir = image_dirs(n_classes)
-    return _view_paths(f"{rgb_dir}/{class_name}", f"{depth_dir}/{class_name}", key)
+    """RGB and depth image paths of labeled sample `key`: `labeled_view_paths` without the grey one."""
+    return labeled_view_paths(n_classes, class_name, key)[:2]
+
+
+def pool_view_paths(n: int, key: str) -> tuple[str, str, str]:
+    """RGB, depth and grey image paths of subject `n`'s pool pair `key`, relative to the data folder."""
+    subject = file_subject(n)
+    return _view_paths(*(f"{POOL_FOLDER}/{view}/{subject}" for view in ("rgb", "depth", "gray")), key)
 
 
 def pool_paths(n: int, key: str) -> tuple[str, str]:
-    """RGB and depth image paths of subject `n`'s pool pair `key`, relative to the data folder."""
-    subject = file_subject(n)
-    return _view_paths(f"{POOL_FOLDER}/rgb/{subject}", f"{POOL_FOLDER}/depth/{subject}", key)
+    """RGB and depth image paths of a pool pair: `pool_view_paths` without the grey one."""
+    return pool_view_paths(n, key)[:2]
 
 
-def _view_paths(rgb_dir: str, depth_dir: str, key: str) -> tuple[str, str]:
-    return f"{rgb_dir}/{key}.png", f"{depth_dir}/{key}{DEPTH_SUFFIX}.png"
+def _view_paths(rgb_dir: str, depth_dir: str, gray_dir: str, key: str) -> tuple[str, str, str]:
+    return f"{rgb_dir}/{key}.png", f"{depth_dir}/{key}{DEPTH_SUFFIX}.png", f"{gray_dir}/{key}{GRAY_SUFFIX}.png"
 
 
 def split_list(subject: str, split: str) -> str:
@@ -162,6 +180,30 @@ def encode_difference(diff: np.ndarray, gain: float, bits: int = 8) -> np.ndarra
     mid, top = 1 << (bits - 1), (1 << bits) - 1
     dtype = np.uint8 if bits == 8 else np.uint16
     return np.clip(np.rint(mid + gain * np.asarray(diff, np.float64)), 0, top).astype(dtype)
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) R, G, B values -> (...) float64 ITU-R 601 luma (`LUMA_WEIGHTS`).
+
+    Written out term by term, not as a matrix product, so that the sum is rounded the same way on
+    every machine (a BLAS product may reorder or fuse it) and a half-level tie of the encoding
+    falls on the same side wherever the images are made.
+    """
+    rgb = np.asarray(rgb, np.float64)
+    w_r, w_g, w_b = LUMA_WEIGHTS
+    return w_r * rgb[..., 0] + w_g * rgb[..., 1] + w_b * rgb[..., 2]
+
+
+def encode_gray_difference(rgb_diff: np.ndarray, gain: float = RGB_GAIN) -> np.ndarray:
+    """The grey view of a pair: its RGB difference `apex - onset` (H, W, 3), channels R, G, B, ->
+    (H, W) uint8 `encode_difference(luma(rgb_diff), gain)`, with the RGB view's gain.
+
+    Luma is linear, so this is luma(apex) - luma(onset), the difference of the two grey frames.
+    It is taken from the unrounded difference rather than from 8-bit grey frames, so that no
+    rounding of the grey frames enters it, and so that it is what one recomputes from an RGB
+    difference image wherever no channel saturated.
+    """
+    return encode_difference(luma(rgb_diff), gain)
 
 
 def write_png(path: str | Path, array: np.ndarray) -> None:

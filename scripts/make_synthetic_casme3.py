@@ -18,7 +18,7 @@ from scripts.datatools.synthetic import generate as synthetic  # noqa: E402  (af
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; defaults make a small CPU demo dataset."""
     parser = argparse.ArgumentParser(
-        description="Generate synthetic CAS(ME)^3-like RGB and depth difference images, per-subject "
+        description="Generate synthetic CAS(ME)^3-like RGB, depth and grey (luma) difference images, per-subject "
                     "LOSO lists and an unlabeled pre-training pool, in the real DVSCL layout.",
         epilog=f"DIR must be new, empty, or an earlier output of this script (it holds "
                f"{synthetic.MARKER_NAME}); in an earlier output only the generator's own entries "

@@ -21,8 +21,9 @@ from util import run_cli  # noqa: E402
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `scripts/prepare_casme3.py`."""
     parser = argparse.ArgumentParser(
-        description="Prepare CAS(ME)^3 for DVSCL: RGB and depth difference images of the labeled MEs, "
-                    "LOSO lists and an unlabeled pre-training pool with per-pair intensities.")
+        description="Prepare CAS(ME)^3 for DVSCL: RGB, depth and grey (luma, for --view RGB_gray) difference "
+                    "images of the labeled MEs, LOSO lists and an unlabeled pre-training pool with per-pair "
+                    "intensities.")
     inputs = parser.add_argument_group("inputs and output")
     inputs.add_argument("--root", required=True, help="Part A root holding RGB/ and depth/")
     inputs.add_argument("--annotation", required=True,
@@ -54,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="margin added on each side of a detected face, as a fraction of its side")
     images.add_argument("--rgb_gain", type=float, default=RGB_GAIN,
                         help="grey levels per 8-bit intensity step: pixel = 128 + gain * (apex - onset); "
-                             "the default saturates at +-64 levels (as the synthetic data)")
+                             "the default saturates at +-64 levels (as the synthetic data); also the grey "
+                             "view's gain")
     images.add_argument("--depth_gain", type=float, default=DEPTH_GAIN[8],
                         help="grey levels per raw depth unit (mm): pixel = 128 + gain * (apex - onset); "
                              "the default saturates at +-8 mm (as the synthetic data)")

@@ -70,6 +70,15 @@ def test_encoding_is_signed_around_mid_grey_and_saturates() -> None:
     assert dataset.encode_difference(ci.depth_difference(first, second), 16.0).tolist() == [[64, 128, 128, 160]]
 
 
+def test_gray_encoding_is_the_luma_difference_with_the_rgb_gain() -> None:
+    diff = np.array([[[10.0, 0.0, 0.0], [0.0, 10.0, 0.0], [0.0, 0.0, 10.0], [-100.0, -100.0, -100.0],
+                      [100.0, 100.0, 100.0], [3.0, 3.0, 3.0]]])  # R, G, B
+    # 128 + 2 * luma: 133.98, 139.74, 130.28, saturated low and high, 134 (weights sum to one)
+    gray = dataset.encode_gray_difference(diff)
+    assert gray.dtype == np.uint8 and gray.tolist() == [[134, 140, 130, 0, 255, 134]]
+    assert dataset.encode_gray_difference(diff, 1.0).tolist() == [[131, 134, 129, 28, 228, 131]]
+
+
 def test_boxes() -> None:
     assert ci.square_box((10, 20, 30, 40), 0.25, 100, 80) == (0, 10, 60, 60)
     assert ci.square_box((0, 0, 200, 100), 0.0, 100, 80) == (20, 0, 80, 80)
@@ -156,6 +165,43 @@ def test_difference_images_on_known_pixels(prepared: tuple[Path, dict]) -> None:
     assert (rgb[box_h - 8:, box_w - 8:] == 128).all()  # far from the blob: identical JPEG blocks
 
 
+def test_gray_view_lists_and_images(prepared: tuple[Path, dict], release: fake.FakeRelease) -> None:
+    """v_gray lists: the keys, labels and order of v_rgb; grey images: one 8-bit channel, the
+    luma difference of the RGB frames the RGB image was made from."""
+    out, report = prepared
+    lists = out / "data"
+    names = [f"{s}_{split}.txt" for s in TEST_COUNTS for split in ("train", "test")] + ["pretrain.txt"]
+    for name in names:
+        rgb = [line.split() for line in (lists / "v_rgb" / name).read_text().splitlines()]
+        gray = [line.split() for line in (lists / "v_gray" / name).read_text().splitlines()]
+        assert [[dataset.sample_key(p), *rest] for p, *rest in gray] == \
+            [[dataset.sample_key(p), *rest] for p, *rest in rgb]
+        for path, *_ in gray:
+            assert path.endswith("_diff_gray.png") and ("/casme3_diff_gray_all/" in path
+                                                        or path.startswith("casme3_pool/gray/"))
+            with Image.open(out / path) as image:
+                assert image.mode == "L" and image.size == fake.FACE_BOX[2:]
+    assert len((lists / "v_gray" / "pretrain.txt").read_text().splitlines()) == report["pool"]["kept"]
+
+    # R2 from its frames (box crop at the crop's own size: no resizing), as BGR the way OpenCV reads
+    # them. The channel differences of two decoded JPEGs are integers, so 128 + 2 * luma is exact up
+    # to the rounding of the weights, which only matters at a half-level tie: one level either way
+    # there, equality everywhere else.
+    x, y, w, h = fake.FACE_BOX
+    frames = [cv2.imread(str(release.root / "RGB" / "spNO.1" / "a" / "color" / f"{f}.jpg"))[y:y + h, x:x + w]
+              for f in (5, 9)]  # onset, apex
+    b, g, r = np.moveaxis(frames[1].astype(np.float64) - frames[0], -1, 0)
+    value = 128.0 + 2.0 * (0.299 * r + 0.587 * g + 0.114 * b)
+    expected = np.clip(np.rint(value), 0, 255)
+    tie = np.abs(value - np.floor(value) - 0.5) < 1e-6
+    gray = cv2.imread(str(out / "casme3_diff_me4" / "casme3_diff_gray_all" / "negative" / f"{R2_KEY}_gray.png"),
+                      cv2.IMREAD_UNCHANGED)
+    assert gray.dtype == np.uint8 and gray.shape == (h, w)
+    assert np.array_equal(gray[~tie], expected[~tie])
+    assert np.abs(gray.astype(int) - expected).max() <= 1
+    assert gray.min() < 128 - 10 or gray.max() > 128 + 10  # the ME blob shows: not a flat image
+
+
 def test_anomalies_are_reported(prepared: tuple[Path, dict]) -> None:
     out, report = prepared
     assert report["item_counts"]["skipped"] == {"apex_equals_onset": 1, "duplicate": 1, "missing_folder": 1,
@@ -234,9 +280,17 @@ def test_truncated_frames_and_outputs_are_not_used(release: fake.FakeRelease, tm
     rows = [line.split()[0] for line in (out / "data" / "v_rgb" / "spNO3_test.txt").read_text().splitlines()]
     output = out / rows[0]
     output.write_bytes(output.read_bytes()[:-40])
+    # the grey view is covered too: a cut-short and a missing grey image are made again
+    gray_lists = [(out / "data" / "v_gray" / f"{s}_test.txt").read_text().splitlines() for s in ("spNO210", "spNO2")]
+    cut_gray, lost_gray = (out / lines[0].split()[0] for lines in gray_lists)
+    cut_gray.write_bytes(cut_gray.read_bytes()[:-40])
+    lost_gray.unlink()
     capfd.readouterr()
     again = cli.main(argv)
-    assert (again["labeled"]["samples"], again["labeled"]["written"], again["labeled"]["reused"]) == (7, 1, 6)
+    assert (again["labeled"]["samples"], again["labeled"]["written"], again["labeled"]["reused"]) == (7, 3, 4)
+    for path in (cut_gray, lost_gray):
+        with Image.open(path) as image:
+            image.load()
     (item,) = [i for i in again["items"] if i["kind"] == "truncated_frame"]
     assert item["category"] == "skipped" and item["source"].endswith(" 2")
     assert item["detail"] == f"RGB frame {apex} is truncated (no JPEG end marker FFD9)"

@@ -26,7 +26,26 @@ def read_lines(path: Path) -> list[list[str]]:
 
 def key_of(path: str) -> str:
     stem = Path(path).stem
-    return stem[: -len("_depth")] if stem.endswith("_depth") else stem
+    for suffix in ("_depth", "_gray"):
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def luma_difference(rgb_image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From an encoded RGB difference image (gain 2): the grey value the luma of its difference
+    encodes to, whether it is a rounding tie, and where the image holds the difference exactly.
+
+    The channel differences of two 8-bit frames are integers, so 128 + 2 * d is stored without
+    rounding wherever no channel saturated (0 or 255): there d, and so its luma, is recovered
+    exactly. Only at a tie (128 + 2 * luma exactly half-way between two levels) can the float
+    rounding of the weights put the grey image one level either side.
+    """
+    d = (rgb_image.astype(np.float64) - 128.0) / 2.0
+    value = 128.0 + 2.0 * (0.299 * d[..., 0] + 0.587 * d[..., 1] + 0.114 * d[..., 2])
+    tie = np.abs(value - np.floor(value) - 0.5) < 1e-6
+    exact = ((rgb_image > 0) & (rgb_image < 255)).all(axis=-1)
+    return np.clip(np.rint(value), 0, 255), tie, exact
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -68,9 +87,11 @@ def test_subjects_names_and_image_files(data: tuple[Path, dict]) -> None:
         assert m and int(m.group(4)) >= int(m.group(5)), rgb.name
         assert rgb.parent.name in classes
         depth = root / synthetic.DEPTH_DIR / rgb.parent.name / f"{rgb.stem}_depth.png"
-        with Image.open(rgb) as im_rgb, Image.open(depth) as im_depth:
+        gray = root / synthetic.GRAY_DIR / rgb.parent.name / f"{rgb.stem}_gray.png"
+        with Image.open(rgb) as im_rgb, Image.open(depth) as im_depth, Image.open(gray) as im_gray:
             assert im_rgb.mode == "RGB" and im_rgb.size == (64, 64)
             assert im_depth.mode == "L" and im_depth.size == (64, 64)
+            assert im_gray.mode == "L" and im_gray.size == (64, 64)  # one 8-bit channel
 
 
 def test_loso_lists(data: tuple[Path, dict]) -> None:
@@ -91,6 +112,10 @@ def test_loso_lists(data: tuple[Path, dict]) -> None:
             assert rgb_labels == {key_of(p): label for p, label, _ in depth}
             if len(rgb) > 1:
                 assert [key_of(p) for p, *_ in rgb] != [key_of(p) for p, *_ in depth]
+            gray = read_lines(root / "data/v_gray" / f"{subject}_{split}.txt")
+            assert [(key_of(p), label) for p, label, _ in gray] == [(key_of(p), label) for p, label, _ in rgb]
+            assert all(p.startswith(f"{synthetic.GRAY_DIR}/") and p.endswith("_diff_gray.png")
+                       and (root / p).is_file() and dbtype == "0" for p, _, dbtype in gray)
             if split == "test":
                 tests[subject] = set(rgb_labels)
                 number = subject[len("spNO"):]
@@ -137,6 +162,9 @@ def test_pool_lists_and_measured_intensity(data: tuple[Path, dict]) -> None:
     assert {key_of(p): i for p, _, _, i in rgb} == {key_of(p): i for p, _, _, i in depth}
     assert [key_of(p) for p, *_ in rgb] != [key_of(p) for p, *_ in depth]
     assert len({p.split("/")[2] for p, *_ in rgb}) == 7  # labeled and pool-only subjects
+    gray = read_lines(root / "data/v_gray/pretrain.txt")
+    assert [[key_of(p), *rest] for p, *rest in gray] == [[key_of(p), *rest] for p, *rest in rgb]
+    assert all(p.startswith("casme3_pool/gray/") and (root / p).is_file() for p, *_ in gray)
 
     with open(root / "casme3_pool/ground_truth.csv", newline="") as f:
         truth = {row["key"]: row["has_motion"] == "1" for row in csv.DictReader(f)}
@@ -168,6 +196,32 @@ def test_micro_amplitude_and_zero_differences(data: tuple[Path, dict]) -> None:
     zero = [p for p, m in names.items() if m.group(4) == m.group(5)]
     assert len(zero) == summary["labeled"]["apex_equals_onset"] == 6
     assert np.all(np.asarray(Image.open(zero[0])) == 128)
+    gray = root / synthetic.GRAY_DIR / zero[0].parent.name / f"{zero[0].stem}_gray.png"
+    assert np.all(np.asarray(Image.open(gray)) == 128)
+
+
+def test_gray_view_is_the_luma_of_the_rgb_difference(data: tuple[Path, dict]) -> None:
+    """Every grey image, labeled and pool, against encode(luma(apex) - luma(onset)) recomputed from
+    its RGB difference image: equal wherever that image holds the difference exactly, except at
+    rounding ties, where one level either way is allowed (`luma_difference`)."""
+    root, summary = data
+    lists = [f"{s}_test.txt" for s in summary["subjects"]] + ["pretrain.txt"]
+    pairs = [(rgb[0], gray[0]) for name in lists
+             for rgb, gray in zip(read_lines(root / "data/v_rgb" / name), read_lines(root / "data/v_gray" / name))]
+    assert len(pairs) == summary["labeled"]["total"] + summary["pool"]["pairs"]
+    exact_pixels = all_pixels = 0
+    for rgb_path, gray_path in pairs:
+        assert key_of(rgb_path) == key_of(gray_path)
+        with Image.open(root / gray_path) as image:
+            assert image.mode == "L"
+            gray = np.asarray(image)
+        expected, tie, exact = luma_difference(np.asarray(Image.open(root / rgb_path)))
+        assert gray.dtype == np.uint8 and gray.shape == expected.shape
+        assert np.array_equal(gray[exact & ~tie], expected[exact & ~tie]), rgb_path
+        assert np.abs(gray[exact].astype(int) - expected[exact]).max(initial=0) <= 1, rgb_path
+        exact_pixels += int(exact.sum())
+        all_pixels += exact.size
+    assert exact_pixels > 0.9 * all_pixels  # the check covers most pixels, not only flat ones
 
 
 def test_depth_16_bit(tmp_path: Path) -> None:

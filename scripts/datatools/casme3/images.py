@@ -3,7 +3,7 @@
 `process_pair` is what the `--workers` processes run; the planning (annotation, folders, lists,
 reports) is in the other modules of `scripts.datatools.casme3`.
 
-Both views are encoded by `dataset.encode_difference` (8-bit PNG, no wrap-around)::
+Every view is encoded by `dataset.encode_difference` (8-bit PNG, no wrap-around)::
 
     pixel = clip(round(128 + gain * (second - first)), 0, 255)
 
@@ -11,7 +11,9 @@ Both views are encoded by `dataset.encode_difference` (8-bit PNG, no wrap-around
 frame, both cropped with one shared box and resized to the output size before subtracting.
 `gain` is in grey levels per unit of change: per 8-bit intensity level for RGB (each channel
 separately), per raw depth unit for the 16-bit depth (a pixel with no measurement, 0, in either
-frame counts as no change).
+frame counts as no change). The grey view (`--view RGB_gray`) is the ITU-R 601 luma of the same
+cropped, resized RGB frames, differenced and encoded with the RGB gain
+(`dataset.encode_gray_difference`): one 8-bit channel.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dataset import encode_difference, write_png
+from dataset import encode_difference, encode_gray_difference, write_png
 
 MEASURES = ("mad", "flow", "au")
 Box = tuple[int, int, int, int]  # x, y, width, height in pixels
@@ -163,7 +165,8 @@ class ImageSettings:
 
 @dataclass(frozen=True)
 class PairTask:
-    """One difference pair to compute: frame paths (first = onset, second = apex) and outputs.
+    """One difference pair to compute: frame paths (first = onset, second = apex) and outputs
+    (the RGB, depth and grey difference images).
 
     Images are written only when the pair's intensity (`measure`) is at least `min_intensity`
     (None: always). `box` is the given crop box when `settings.crop == 'box'`.
@@ -175,6 +178,7 @@ class PairTask:
     depth_second: str
     rgb_out: str
     depth_out: str
+    gray_out: str
     settings: ImageSettings
     box: Box | None = None
     measure: str = "mad"
@@ -267,7 +271,7 @@ def _crop_box(task: PairTask, rgb_first: np.ndarray, notes: list[tuple[str, str]
 
 
 def process_pair(task: PairTask) -> PairResult:
-    """Read the four frames, measure the pair and write both difference images (if kept)."""
+    """Read the four frames, measure the pair and write its three difference images (if kept)."""
     notes: list[tuple[str, str]] = []
     try:
         rgb_first, rgb_second = read_rgb(task.rgb_first), read_rgb(task.rgb_second)
@@ -300,8 +304,10 @@ def process_pair(task: PairTask) -> PairResult:
     out_size = (first.shape[1], first.shape[0])
     depth_diff = crop_resize(depth_difference(depth_first, depth_second), depth_box, out_size)
     # frames are BGR as OpenCV reads them; the PNG holds RGB
-    write_png(task.rgb_out, encode_difference(second - first, task.settings.rgb_gain)[..., ::-1])
+    rgb_diff = (second - first)[..., ::-1]
+    write_png(task.rgb_out, encode_difference(rgb_diff, task.settings.rgb_gain))
     write_png(task.depth_out, encode_difference(depth_diff, task.settings.depth_gain))
+    write_png(task.gray_out, encode_gray_difference(rgb_diff, task.settings.rgb_gain))
     return PairResult(task.key, "written", mad, flow, notes=tuple(notes))
 
 

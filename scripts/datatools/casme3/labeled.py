@@ -5,7 +5,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Sequence
 
-from dataset import file_subject, labeled_paths, make_key
+from dataset import file_subject, labeled_view_paths, make_key
 from scripts.datatools.casme3 import images as ci
 from scripts.datatools.casme3.annotations import AnnotatedRow
 from scripts.datatools.casme3.frames import SourceTree
@@ -77,11 +77,11 @@ def plan_labeled(rows: Sequence[AnnotatedRow], tree: SourceTree, settings: Setti
                 continue
         class_name = inputs.class_map.classes[label]
         key = make_key(row.subject, row.video, row.onset, row.apex)
-        rgb_out, depth_out = labeled_paths(len(inputs.class_map.classes), class_name, key)
+        rgb_out, depth_out, gray_out = labeled_view_paths(len(inputs.class_map.classes), class_name, key)
         au = inputs.au.change(row.subject, row.video, row.onset, row.apex) if inputs.au else None
         task = ci.PairTask(key, *map(str, paths), rgb_out=str(settings.out_dir / rgb_out),
-                           depth_out=str(settings.out_dir / depth_out), settings=settings.image_settings,
-                           box=box, measure=settings.intensity, au_change=au)
+                           depth_out=str(settings.out_dir / depth_out), gray_out=str(settings.out_dir / gray_out),
+                           settings=settings.image_settings, box=box, measure=settings.intensity, au_change=au)
         planned.append(LabeledPair(row, label, class_name, task))
     return planned
 

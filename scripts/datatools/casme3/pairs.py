@@ -65,7 +65,10 @@ def reuse(task: ci.PairTask, entry: dict | None) -> ci.PairResult | None:
     if ci.below(intensity, task.min_intensity):
         return ci.PairResult(task.key, "dropped", entry["mad"], entry["flow"])
     size = task.settings.image_size
-    if _image_ok(task.rgb_out, "RGB", size) and _image_ok(task.depth_out, "L", size):
+    # all three views, so that an output folder from before the grey view, or one whose grey image
+    # was cut short, gets the missing image made from the frames
+    if all(_image_ok(path, mode, size) for path, mode in ((task.rgb_out, "RGB"), (task.depth_out, "L"),
+                                                          (task.gray_out, "L"))):
         return ci.PairResult(task.key, "reused", entry["mad"], entry["flow"])
     return None
 

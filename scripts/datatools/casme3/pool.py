@@ -14,8 +14,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from dataset import (DEPTH_LISTS, LIST_FOLDER, POOL_LIST, RGB_LISTS, UNLABELED, file_subject, list_line, make_key,
-                     pool_paths, write_list)
+from dataset import (DEPTH_LISTS, GRAY_LISTS, LIST_FOLDER, POOL_LIST, RGB_LISTS, UNLABELED, file_subject, list_line,
+                     make_key, pool_view_paths, write_list)
 from scripts.datatools.casme3 import images as ci
 from scripts.datatools.casme3.annotations import AnnotatedRow, parse_rows, read_table
 from scripts.datatools.casme3.frames import SourceTree
@@ -101,11 +101,12 @@ def _plan_video(tree: SourceTree, n: int, video: str, intervals: Sequence[tuple[
             report.count("no_au", f"{where} frames {first}, {second}: no AU values")
             continue
         key = make_key(n, video, first, second)
-        rgb_out, depth_out = pool_paths(n, key)
+        rgb_out, depth_out, gray_out = pool_view_paths(n, key)
         task = ci.PairTask(key, str(found.rgb[first]), str(found.rgb[second]), str(found.depth[first]),
                            str(found.depth[second]), rgb_out=str(settings.out_dir / rgb_out),
-                           depth_out=str(settings.out_dir / depth_out), settings=settings.image_settings,
-                           box=box, measure=settings.intensity, au_change=au, min_intensity=threshold)
+                           depth_out=str(settings.out_dir / depth_out), gray_out=str(settings.out_dir / gray_out),
+                           settings=settings.image_settings, box=box, measure=settings.intensity, au_change=au,
+                           min_intensity=threshold)
         planned.append(PoolPair(n, video, first, second, au, task))
     return planned
 
@@ -137,11 +138,11 @@ def plot_histograms(path: Path, labeled: Sequence[float], pool: Sequence[float],
     figure.savefig(path, dpi=100)
 
 
-def write_pool_lists(out: Path, kept: Sequence[tuple[str, str, float]]) -> None:
-    """`data/v_rgb/pretrain.txt` and `data/v_depth/pretrain.txt` from (rgb path, depth path,
-    intensity): lines `<path> -1 0 <intensity>`."""
-    for view, column in ((RGB_LISTS, 0), (DEPTH_LISTS, 1)):
-        write_list(out / LIST_FOLDER / view / POOL_LIST, [list_line(k[column], UNLABELED, k[2]) for k in kept])
+def write_pool_lists(out: Path, kept: Sequence[tuple[str, str, str, float]]) -> None:
+    """`data/v_rgb|v_depth|v_gray/pretrain.txt` from (rgb path, depth path, grey path, intensity):
+    lines `<path> -1 0 <intensity>`, in the same order in every view."""
+    for view, column in ((RGB_LISTS, 0), (DEPTH_LISTS, 1), (GRAY_LISTS, 2)):
+        write_list(out / LIST_FOLDER / view / POOL_LIST, [list_line(k[column], UNLABELED, k[3]) for k in kept])
 
 
 @dataclass(frozen=True)
@@ -179,8 +180,8 @@ def pool_stage(rows: Sequence[AnnotatedRow], tree_a: SourceTree, settings: Setti
         values.append(value)
         is_kept = result.status in ("written", "reused")
         if is_kept:
-            kept.append((os.path.relpath(pair.task.rgb_out, settings.out_dir),
-                         os.path.relpath(pair.task.depth_out, settings.out_dir), value))
+            kept.append((*(os.path.relpath(path, settings.out_dir)
+                           for path in (pair.task.rgb_out, pair.task.depth_out, pair.task.gray_out)), value))
         table.append((pair.task.key, value, file_subject(pair.subject), pair.video, pair.first, pair.second,
                       result.mad, result.flow, pair.au, int(is_kept)))
     write_pool_lists(settings.out_dir, kept)

@@ -10,8 +10,10 @@ in lists relative to it:
 
     casme3_diff_me<K>/casme3_diff_imgs_all/<class>/<key>.png         RGB difference, 8-bit, 3 channels
     casme3_diff_me<K>/casme3_diff_depth_all/<class>/<key>_depth.png  depth difference, 8-bit, 1 channel
-    casme3_pool/rgb/<subject>/<key>.png, casme3_pool/depth/<subject>/<key>_depth.png  unlabeled pairs
-    data/v_rgb|v_depth/spNO<n>_train.txt, spNO<n>_test.txt, pretrain.txt; data/v_rgb/subName.txt;
+    casme3_diff_me<K>/casme3_diff_gray_all/<class>/<key>_gray.png    grey (luma) difference, 8-bit, 1 channel
+    casme3_pool/rgb/<subject>/<key>.png, casme3_pool/depth/<subject>/<key>_depth.png,
+    casme3_pool/gray/<subject>/<key>_gray.png                        unlabeled pairs
+    data/v_rgb|v_depth|v_gray/spNO<n>_train.txt, spNO<n>_test.txt, pretrain.txt; data/v_rgb/subName.txt;
     data/classes.txt
     prepare_report.{txt,json}, class_counts.csv, report_items.csv, intensity_labeled.csv,
     intensity_pool.csv, intensity_histogram.png (with --calibrate)
@@ -28,8 +30,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
-from dataset import (CLASS_LIST, DEPTH_LISTS, LIST_FOLDER, RGB_LISTS, SUBJECT_LIST, file_subject, list_line,
-                     list_subject, split_list, subject_of, write_list)
+from dataset import (CLASS_LIST, DEPTH_LISTS, GRAY_LISTS, LIST_FOLDER, RGB_LISTS, SUBJECT_LIST, file_subject,
+                     list_line, list_subject, split_list, subject_of, write_list)
 from scripts.datatools.casme3 import images as ci
 from scripts.datatools.casme3.annotations import parse_rows, read_table
 from scripts.datatools.casme3.frames import SourceTree
@@ -70,15 +72,16 @@ def prepare(settings: Settings) -> dict:
         plot_histograms(out / "intensity_histogram.png", threshold.labeled, pool_values, threshold.value,
                         settings.intensity)
     samples = [(p.row.subject, os.path.relpath(p.task.rgb_out, out), os.path.relpath(p.task.depth_out, out),
-                p.label) for p, _ in labeled]
+                os.path.relpath(p.task.gray_out, out), p.label) for p, _ in labeled]
     subjects = write_lists(out, samples, inputs.class_map.classes)
     return write_reports(settings, inputs, report, len(table.rows), labeled, subjects, threshold, pool)
 
 
-def write_lists(out: Path, samples: Sequence[tuple[int, str, str, int]], classes: Sequence[str]) -> list[str]:
-    """Per-subject lists from (subject, rgb path, depth path, label), paths relative to `out`.
+def write_lists(out: Path, samples: Sequence[tuple[int, str, str, str, int]], classes: Sequence[str]) -> list[str]:
+    """Per-subject lists from (subject, rgb path, depth path, grey path, label), paths relative to
+    `out`.
 
-    S_test holds S's samples, S_train every other subject's, in the order given (both views in
+    S_test holds S's samples, S_train every other subject's, in the order given (every view in
     the same order). Lists of subjects an earlier run wrote that have no sample now are removed.
     Returns the subject names written to subName.txt.
     """
@@ -86,13 +89,13 @@ def write_lists(out: Path, samples: Sequence[tuple[int, str, str, int]], classes
     subjects = sorted({s[0] for s in samples})
     names = [list_subject(n) for n in subjects]
     wanted = {split_list(name, split) for name in names for split in SPLITS}
-    for view, column in ((RGB_LISTS, 1), (DEPTH_LISTS, 2)):
+    for view, column in ((RGB_LISTS, 1), (DEPTH_LISTS, 2), (GRAY_LISTS, 3)):
         folder = lists / view
         folder.mkdir(parents=True, exist_ok=True)
         for n in subjects:
             for split, chosen in (("test", [s for s in samples if s[0] == n]),
                                   ("train", [s for s in samples if s[0] != n])):
-                write_list(folder / split_list(list_subject(n), split), [list_line(s[column], s[3]) for s in chosen])
+                write_list(folder / split_list(list_subject(n), split), [list_line(s[column], s[4]) for s in chosen])
         for stale in folder.iterdir():
             if _is_split_list(stale.name) and stale.name not in wanted:
                 stale.unlink()

@@ -22,7 +22,9 @@ averaged over channels) inside the face region. A threshold separates most noise
 pairs, not all. ``casme3_pool/ground_truth.csv`` holds the truth (``has_motion``, AU list).
 
 File names, list lines, class names and the difference encoding are those of the data format in
-`dataset.py`.
+`dataset.py`. Every pair also gets the grey view of the `--view RGB_gray` ablation (the luma
+difference of the same two RGB frames) and `data/v_gray/` lists; these lists keep the order of the
+v_rgb lists, as the published ones do.
 
 Generation is deterministic: the same arguments give byte-identical files (every pair has its own
 random stream, keyed by seed, subject and index). The output folder holds a marker
@@ -45,9 +47,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from dataset import (CLASS_LIST, DEFAULT_CLASS_NAMES, DEPTH_LISTS, LIST_FOLDER, POOL_FOLDER, POOL_LIST,
-                     RGB_LISTS, SUBJECT_LIST, UNLABELED, image_dirs, image_folder, labeled_paths, list_line,
-                     list_subject, make_key, pool_paths, split_list, write_list, write_png)
+from dataset import (CLASS_LIST, DEFAULT_CLASS_NAMES, DEPTH_LISTS, GRAY_LISTS, LIST_FOLDER, POOL_FOLDER,
+                     POOL_LIST, RGB_LISTS, SUBJECT_LIST, UNLABELED, image_folder, image_view_dirs,
+                     labeled_view_paths, list_line, list_subject, make_key, pool_view_paths, split_list,
+                     write_list, write_png)
 from scripts.datatools.synthetic.face import AU_NAMES, make_subject
 from scripts.datatools.synthetic.render import render_pair
 
@@ -57,7 +60,7 @@ MARKER_NAME = "synthetic_casme3.json"
 GENERATOR_ID = "dvscl-synthetic-casme3-1"
 # Labeled images go under the 4-class folder even with 3 classes: the layout earlier outputs had.
 IMAGE_CLASSES = 4
-RGB_DIR, DEPTH_DIR = image_dirs(IMAGE_CLASSES)
+RGB_DIR, DEPTH_DIR, GRAY_DIR = image_view_dirs(IMAGE_CLASSES)
 OWNED_ENTRIES = (image_folder(IMAGE_CLASSES), POOL_FOLDER, LIST_FOLDER, MARKER_NAME)
 
 
@@ -93,6 +96,7 @@ class _PoolRow(NamedTuple):
     key: str
     rgb_path: str
     depth_path: str
+    gray_path: str
     intensity: float
     aus: tuple[str, ...]
 
@@ -105,6 +109,7 @@ class _Plan:
     key: str  # file stem, e.g. spNO.3-b-120-spNO.3-b-114_diff
     rgb_path: str
     depth_path: str
+    gray_path: str
     label: int  # -1 for pool pairs
     aus: tuple[str, ...]  # empty: no facial movement
     same_frame: bool  # apex == onset: an all-zero difference
@@ -243,7 +248,7 @@ def _plan(args: dict, rng: np.random.Generator) -> tuple[list[int], list[int], d
         key = make_key(number, video, first, second)
         au_rng = np.random.default_rng([seed, 3, i])
         pattern = cls if not noisy[i] else au_rng.choice([c for c in classes if c != cls])
-        plans[number].append(_Plan(len(plans[number]), key, *labeled_paths(IMAGE_CLASSES, cls, key),
+        plans[number].append(_Plan(len(plans[number]), key, *labeled_view_paths(IMAGE_CLASSES, cls, key),
                                    int(labels[i]), _draw_class_aus(au_rng, str(pattern)), bool(same[i])))
     for j, number in enumerate(np.repeat(numbers, args["pool_per_subject"])):
         video, second, first = _draw_frames(rng, used[number], False)
@@ -251,8 +256,8 @@ def _plan(args: dict, rng: np.random.Generator) -> tuple[list[int], list[int], d
         au_rng = np.random.default_rng([seed, 4, j])
         n_aus = 0 if noise_only[j] else int(au_rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))
         aus = tuple(sorted(au_rng.choice(AU_NAMES, n_aus, replace=False), key=AU_NAMES.index))
-        plans[number].append(_Plan(POOL_INDEX_OFFSET + j, key, *pool_paths(number, key), UNLABELED, aus,
-                                   False))
+        plans[number].append(_Plan(POOL_INDEX_OFFSET + j, key, *pool_view_paths(number, key), UNLABELED,
+                                   aus, False))
     return numbers, labeled_numbers, plans
 
 
@@ -288,7 +293,7 @@ def generate_dataset(out_dir: str | Path, seed: int = 0, n_subjects: int = 10,
     rng = np.random.default_rng([seed, 0])
     numbers, labeled_numbers, plans = _plan(args, rng)
 
-    labeled_lines: dict[int, list[tuple[str, str]]] = {n: [] for n in labeled_numbers}
+    labeled_lines: dict[int, list[tuple[str, str, str]]] = {n: [] for n in labeled_numbers}
     pool_rows: list[_PoolRow] = []
     max_disp = 0.0
     for number in numbers:
@@ -297,13 +302,16 @@ def generate_dataset(out_dir: str | Path, seed: int = 0, n_subjects: int = 10,
             rendered = render_pair(subj, plan.index, plan.aus, plan.same_frame, seed, depth_bits)
             write_png(out / plan.rgb_path, rendered.rgb)
             write_png(out / plan.depth_path, rendered.depth)
+            write_png(out / plan.gray_path, rendered.gray)
             max_disp = max(max_disp, rendered.max_displacement_px)
             if plan.label >= 0:
                 labeled_lines[number].append((list_line(plan.rgb_path, plan.label),
-                                              list_line(plan.depth_path, plan.label)))
+                                              list_line(plan.depth_path, plan.label),
+                                              list_line(plan.gray_path, plan.label)))
             else:
                 intensity = round(rendered.intensity, POOL_DECIMALS)
-                pool_rows.append(_PoolRow(plan.key, plan.rgb_path, plan.depth_path, intensity, plan.aus))
+                pool_rows.append(_PoolRow(plan.key, plan.rgb_path, plan.depth_path, plan.gray_path, intensity,
+                                          plan.aus))
 
     classes = DEFAULT_CLASS_NAMES[n_classes]
     _write_lists(out, rng, classes, labeled_lines, pool_rows)
@@ -314,24 +322,34 @@ def generate_dataset(out_dir: str | Path, seed: int = 0, n_subjects: int = 10,
 
 
 def _write_lists(out: Path, rng: np.random.Generator, classes: tuple[str, ...],
-                 labeled_lines: dict[int, list[tuple[str, str]]], pool_rows: list[_PoolRow]) -> None:
-    """classes.txt, subName.txt, per-subject LOSO lists and the pool lists + ground truth."""
+                 labeled_lines: dict[int, list[tuple[str, str, str]]], pool_rows: list[_PoolRow]) -> None:
+    """classes.txt, subName.txt, per-subject LOSO lists and the pool lists + ground truth.
+
+    RGB lists are sorted; depth lists hold the same lines in another order (pairing must go by key);
+    grey lists follow the RGB order. The grey lists take nothing from `rng`, so the depth orders,
+    and every other file of a seed, do not depend on the grey view.
+    """
     data = out / LIST_FOLDER
     write_list(data / CLASS_LIST, classes)
     write_list(data / RGB_LISTS / SUBJECT_LIST, sorted(list_subject(n) for n in labeled_lines))
-    rgb_of = {n: sorted(rgb for rgb, _ in pairs) for n, pairs in labeled_lines.items()}
-    depth_of = {n: [d for _, d in pairs] for n, pairs in labeled_lines.items()}
+    rgb_of = {n: [(rgb, gray) for rgb, _, gray in lines] for n, lines in labeled_lines.items()}
+    depth_of = {n: [d for _, d, _ in lines] for n, lines in labeled_lines.items()}
     for number in labeled_lines:
         list_name = list_subject(number)
         others = [m for m in labeled_lines if m != number]
         for split, members in (("test", [number]), ("train", others)):
-            rgb_lines = sorted(line for m in members for line in rgb_of[m])
+            # sorted by the RGB line, its grey line beside it (RGB lines are unique: the sort never
+            # looks at the grey line)
+            rgb_gray = sorted(pair for m in members for pair in rgb_of[m])
             depth_lines = _other_order(rng, sorted(line for m in members for line in depth_of[m]))
-            write_list(data / RGB_LISTS / split_list(list_name, split), rgb_lines)
+            write_list(data / RGB_LISTS / split_list(list_name, split), [rgb for rgb, _ in rgb_gray])
             write_list(data / DEPTH_LISTS / split_list(list_name, split), depth_lines)
+            write_list(data / GRAY_LISTS / split_list(list_name, split), [gray for _, gray in rgb_gray])
     pool_rows = sorted(pool_rows)
     write_list(data / RGB_LISTS / POOL_LIST,
                [list_line(r.rgb_path, UNLABELED, r.intensity, f".{POOL_DECIMALS}f") for r in pool_rows])
+    write_list(data / GRAY_LISTS / POOL_LIST,
+               [list_line(r.gray_path, UNLABELED, r.intensity, f".{POOL_DECIMALS}f") for r in pool_rows])
     write_list(data / DEPTH_LISTS / POOL_LIST, _other_order(
         rng, [list_line(r.depth_path, UNLABELED, r.intensity, f".{POOL_DECIMALS}f") for r in pool_rows]))
     write_list(out / POOL_FOLDER / "ground_truth.csv",

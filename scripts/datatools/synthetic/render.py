@@ -9,8 +9,10 @@ noise, 1 mm quantisation, persistent holes in the hair, flickering holes along t
 sparse random dropouts.
 
 Differences are encoded by `dataset.encode_difference` with `dataset.RGB_GAIN` (RGB, frames in
-0..255) and `dataset.DEPTH_GAIN[bits]` (depth, frames in mm). The depth difference is a plain
-subtraction, so a hole in one frame only makes a saturated pixel, as in the real frames.
+0..255) and `dataset.DEPTH_GAIN[bits]` (depth, frames in mm); the grey view is
+`dataset.encode_gray_difference` of the RGB frames' difference (luma of apex minus luma of onset,
+one 8-bit channel). The depth difference is a plain subtraction, so a hole in one frame only makes
+a saturated pixel, as in the real frames.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dataset import DEPTH_GAIN, RGB_GAIN, encode_difference
+from dataset import DEPTH_GAIN, RGB_GAIN, encode_difference, encode_gray_difference
 from scripts.datatools.synthetic.face import AU_NAMES, Subject
 
 REFERENCE_SIZE = 72  # image size at which the head-motion amplitudes (px) are stated; they scale with it
@@ -121,16 +123,19 @@ class Rendered:
 
     rgb: np.ndarray  # (S, S, 3) uint8 encoded difference
     depth: np.ndarray  # (S, S) uint8 / uint16 encoded difference
+    gray: np.ndarray  # (S, S) uint8 encoded luma difference
     intensity: float
     max_displacement_px: float
 
 
 def _encode(rgb0: np.ndarray, rgb1: np.ndarray, depth0: np.ndarray, depth1: np.ndarray,
-            depth_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """(S, S, 3) uint8 RGB and (S, S) uint8 / uint16 depth differences of two frames."""
-    rgb = encode_difference(rgb1.astype(np.float64) - rgb0, RGB_GAIN)
+            depth_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(S, S, 3) uint8 RGB, (S, S) uint8 / uint16 depth and (S, S) uint8 grey differences of two
+    frames."""
+    rgb_diff = rgb1.astype(np.float64) - rgb0
+    rgb = encode_difference(rgb_diff, RGB_GAIN)
     depth = encode_difference(depth1.astype(np.float64) - depth0, DEPTH_GAIN[depth_bits], depth_bits)
-    return rgb, depth
+    return rgb, depth, encode_gray_difference(rgb_diff, RGB_GAIN)
 
 
 def render_pair(subj: Subject, stream: int, aus: tuple[str, ...], same_frame: bool, seed: int,
