@@ -854,23 +854,62 @@ class PairAugment:
     jitter: float = 0.0
     grayscale_p: float = 0.0
 
+    def __post_init__(self) -> None:
+        # Constant tensors by device and values: made once, as a tensor made from Python numbers
+        # on a GPU is a blocking copy from the host.
+        self._constants: dict = {}
+
     def __call__(self, rgb: torch.Tensor, depth: torch.Tensor,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         batch, load_size = rgb.shape[0], rgb.shape[-1]
-        theta = self.crop_theta(batch, load_size, generator).to(rgb.device)
+        jitter = self.train and self.jitter > 0
+        theta, *factors = self._draw(batch, load_size, jitter, generator, rgb.device)
         grid = F.affine_grid(theta, [batch, 1, self.image_size, self.image_size], align_corners=False)
         rgb = F.grid_sample(rgb, grid, mode="bilinear", padding_mode="border", align_corners=False)
         depth = F.grid_sample(depth, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        if self.train and self.jitter > 0:
-            self._jitter_rgb_(rgb, generator)
-            self._amplitude_(depth, generator)
+        shift, scale, luma = self._device_constants(rgb.device)
+        if jitter:
+            rgb_amplitude, saturation, grayscale, depth_amplitude = factors
+            self._jitter_rgb_(rgb, rgb_amplitude, saturation, grayscale, luma)
+            _amplitude_(depth, depth_amplitude)
         # Normalised straight into the (B,4,H,W) output: one pass per view, no concatenation.
-        std = torch.tensor([*self.rgb_std, self.depth_std], device=rgb.device).view(1, 4, 1, 1)
-        mean = torch.tensor([*self.rgb_mean, self.depth_mean], device=rgb.device).view(1, 4, 1, 1)
         x = torch.empty(batch, 4, self.image_size, self.image_size, device=rgb.device)
-        torch.addcmul(-mean[:, :3] / std[:, :3], rgb, 1 / std[:, :3], out=x[:, :3])
-        torch.addcmul(-mean[:, 3:] / std[:, 3:], depth, 1 / std[:, 3:], out=x[:, 3:])
+        torch.addcmul(shift[:, :3], rgb, scale[:, :3], out=x[:, :3])
+        torch.addcmul(shift[:, 3:], depth, scale[:, 3:], out=x[:, 3:])
         return x
+
+    def _draw(self, batch: int, load_size: int, jitter: bool, generator: torch.Generator | None,
+              device: torch.device) -> list[torch.Tensor]:
+        """The step's random parameters on `device`: theta (B,2,3), then with `jitter` the RGB
+        amplitude, saturation, grayscale (1 = turn gray) and depth amplitude factors (B,1,1,1).
+
+        Drawn on the CPU in this order (the result does not depend on the device), packed in one
+        tensor and copied once, without waiting, from pinned memory on CUDA.
+        """
+        parts = [self.crop_theta(batch, load_size, generator).view(-1)]
+        if jitter:
+            parts += [self._factors(batch, generator), self._factors(batch, generator)]
+            parts.append((torch.rand(batch, generator=generator) < self.grayscale_p).float()
+                         if self.grayscale_p > 0 else torch.zeros(batch))
+            parts.append(self._factors(batch, generator))
+        sizes = [part.numel() for part in parts]
+        if device.type == "cuda":
+            packed = torch.cat(parts, out=torch.empty(sum(sizes), pin_memory=True))
+            packed = packed.to(device, non_blocking=True)
+        else:
+            packed = torch.cat(parts)
+        theta, *factors = packed.split(sizes)
+        return [theta.view(batch, 2, 3), *(factor.view(-1, 1, 1, 1) for factor in factors)]
+
+    def _device_constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(1,4,1,1) normalisation shift -mean/std and scale 1/std (RGB, depth) and the (1,3,1,1)
+        luma weights, on `device`."""
+        key = (device, tuple(self.rgb_mean), tuple(self.rgb_std), self.depth_mean, self.depth_std)
+        if key not in self._constants:
+            std = torch.tensor([*self.rgb_std, self.depth_std]).view(1, 4, 1, 1)
+            mean = torch.tensor([*self.rgb_mean, self.depth_mean]).view(1, 4, 1, 1)
+            self._constants[key] = tuple(t.to(device) for t in (-mean / std, 1 / std, LUMA.view(1, 3, 1, 1)))
+        return self._constants[key]
 
     def crop_theta(self, batch: int, load_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Affine matrices (B, 2, 3) mapping output to input coordinates in [-1, 1].
@@ -907,34 +946,37 @@ class PairAugment:
         theta[:, 1, 2] = cy
         return theta
 
-    def _factors(self, batch: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-        """Per-sample factors (B,1,1,1) uniform in [1 - jitter, 1 + jitter]."""
+    def _factors(self, batch: int, generator: torch.Generator | None) -> torch.Tensor:
+        """Per-sample factors (B,) uniform in [1 - jitter, 1 + jitter], on the CPU."""
         lo = max(0.0, 1 - self.jitter)
-        return torch.empty(batch).uniform_(lo, 1 + self.jitter, generator=generator).to(device).view(-1, 1, 1, 1)
+        return torch.empty(batch).uniform_(lo, 1 + self.jitter, generator=generator)
 
-    def _amplitude_(self, x: torch.Tensor, generator: torch.Generator | None) -> None:
-        """In place on x (B,C,H,W): scale each sample's change around mid-grey by a factor in
-        [1 - jitter, 1 + jitter], i.e. x * f + 0.5 (1 - f), clamped to [0, 1]."""
-        factor = self._factors(x.shape[0], generator, x.device)
-        torch.addcmul(0.5 * (1 - factor), x, factor, out=x).clamp_(0, 1)
-
-    def _jitter_rgb_(self, rgb: torch.Tensor, generator: torch.Generator | None) -> None:
-        """In place on rgb (B,3,H,W): amplitude, then saturation (each channel mixed with the
-        grey change: rgb * s + grey (1 - s), clamped), then random grayscale."""
-        b = rgb.shape[0]
-        self._amplitude_(rgb, generator)
-        saturation = self._factors(b, generator, rgb.device)
-        gray = _gray(rgb)
+    def _jitter_rgb_(self, rgb: torch.Tensor, amplitude: torch.Tensor, saturation: torch.Tensor,
+                     grayscale: torch.Tensor, luma: torch.Tensor) -> None:
+        """In place on rgb (B,3,H,W), with factors (B,1,1,1): amplitude, then saturation (each
+        channel mixed with the grey change: rgb * s + grey (1 - s), clamped), then grayscale
+        where `grayscale` is 1. `luma` (1,3,1,1) weights the grey change."""
+        _amplitude_(rgb, amplitude)
+        gray = _gray(rgb, luma)
         rgb.mul_(saturation).add_(gray.mul_(1 - saturation)).clamp_(0, 1)
         if self.grayscale_p > 0:
-            chosen = (torch.rand(b, generator=generator) < self.grayscale_p).nonzero()[:, 0].to(rgb.device)
-            picked = rgb.index_select(0, chosen)
-            rgb.index_copy_(0, chosen, _gray(picked).expand_as(picked))
+            # A selection over the batch, not a copy of the chosen samples: their indices would
+            # have to be read back to the host.
+            torch.where(grayscale > 0, _gray(rgb, luma), rgb, out=rgb)
 
 
-def _gray(rgb: torch.Tensor) -> torch.Tensor:
-    """Luma (B,1,H,W) of rgb (B,3,H,W) with ITU-R 601 weights."""
-    weights = torch.tensor([0.299, 0.587, 0.114], device=rgb.device).view(1, 3, 1, 1)
+# ITU-R 601 luma weights of R, G, B.
+LUMA = torch.tensor([0.299, 0.587, 0.114])
+
+
+def _amplitude_(x: torch.Tensor, factor: torch.Tensor) -> None:
+    """In place on x (B,C,H,W): scale each sample's change around mid-grey by its factor (B,1,1,1),
+    i.e. x * f + 0.5 (1 - f), clamped to [0, 1]."""
+    torch.addcmul(0.5 * (1 - factor), x, factor, out=x).clamp_(0, 1)
+
+
+def _gray(rgb: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Luma (B,1,H,W) of rgb (B,3,H,W) with `weights` (1,3,1,1) on its device."""
     return (rgb * weights).sum(1, keepdim=True)
 
 

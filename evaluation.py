@@ -547,7 +547,8 @@ def train_unit(args: argparse.Namespace, start: StartingPoint, data: EvalData, u
     model = Classifier(head, extractor, frozen=args.freeze_encoder).to(data.device)
     generator = torch.Generator().manual_seed(useed)
     train_index, test_index = torch.as_tensor(unit.train), torch.as_tensor(unit.test)
-    history = fit(args, model, fetch, data, train_index, generator, f"seed{seed}/{unit.name}")
+    history = fit(args, model, fetch, data, train_index, generator, f"seed{seed}/{unit.name}",
+                  fetch_on_device=start.features is not None)
     predictions = predict(args, model, fetch, data.device, test_index)
     if extractor is not None and args.freeze_encoder:
         assert_unchanged(extractor.encoder, start.encoder.state_dict(), f"unit {unit.name}")
@@ -561,10 +562,12 @@ def train_unit(args: argparse.Namespace, start: StartingPoint, data: EvalData, u
 
 
 def fit(args: argparse.Namespace, model: Classifier, fetch: Fetch, data: EvalData, train_index: Tensor,
-        generator: torch.Generator, tag: str) -> list[dict]:
+        generator: torch.Generator, tag: str, fetch_on_device: bool = False) -> list[dict]:
     """Train for `--epochs` epochs (per-epoch schedule); returns per-epoch loss, accuracy, lr.
 
-    A lone last sample of an epoch is skipped (batch norm needs two).
+    A lone last sample of an epoch is skipped (batch norm needs two). `fetch` is given the
+    batch's indices on the CPU (images come from the store in host memory), or with
+    `fetch_on_device` on `data.device` (cached features).
     """
     optimizer = make_optimizer(model, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, args))
@@ -577,12 +580,20 @@ def fit(args: argparse.Namespace, model: Classifier, fetch: Fetch, data: EvalDat
         model.train()
         lr = optimizer.param_groups[0]["lr"]
         # Per-step values stay tensors until the epoch ends: a read-back would synchronise every step.
-        losses, sizes, logits_seen, targets_seen = [], [], [], []
-        for batch in dataset.iterate_batches(len(train_index), args.batch_size, True, False, generator):
-            if len(batch) < 2:
-                continue
-            index = train_index[batch]
-            target = data.labels[index.to(data.device)]
+        losses, sizes, logits_seen = [], [], []
+        batches = [batch for batch in dataset.iterate_batches(len(train_index), args.batch_size, True, False,
+                                                              generator) if len(batch) >= 2]
+        # The epoch's indices go to the device in one copy, and its targets in one gather: a step
+        # only takes slices.
+        epoch_index = train_index[torch.cat(batches)] if batches else train_index[:0]
+        on_device = epoch_index.pin_memory() if data.device.type == "cuda" else epoch_index
+        on_device = on_device.to(data.device, non_blocking=True)
+        targets = data.labels[on_device]
+        stop = 0
+        for batch in batches:
+            begin, stop = stop, stop + len(batch)
+            index = (on_device if fetch_on_device else epoch_index)[begin:stop]
+            target = targets[begin:stop]
             x = fetch(index, True, generator)
             with autocast(args, data.device):
                 logits = model(x).float()
@@ -594,7 +605,6 @@ def fit(args: argparse.Namespace, model: Classifier, fetch: Fetch, data: EvalDat
             losses.append(loss.detach())
             sizes.append(len(batch))
             logits_seen.append(logits.detach())
-            targets_seen.append(target)
         mean_loss = float(torch.stack(losses).cpu() @ torch.tensor(sizes, dtype=torch.float32)) / sum(sizes)
         if not math.isfinite(mean_loss):
             # Blame the learning rate only when the inputs are finite: non-finite inputs (bad
@@ -607,7 +617,7 @@ def fit(args: argparse.Namespace, model: Classifier, fetch: Fetch, data: EvalDat
                     f"({args.learning_rate:g}) or check the encoder checkpoint" if finite else
                     "its inputs already hold NaN or infinite values (check --rgb_std/--depth_std and the "
                     "encoder checkpoint; a lower --learning_rate will not help)"))
-        train_acc = (torch.cat(logits_seen).argmax(1) == torch.cat(targets_seen)).float().mean().item()
+        train_acc = (torch.cat(logits_seen).argmax(1) == targets).float().mean().item()
         scheduler.step()
         history.append({"epoch": epoch, "loss": mean_loss, "train_acc": train_acc, "lr": lr})
     return history

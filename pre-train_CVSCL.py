@@ -37,7 +37,8 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
         "pre-train_CVSCL.py", description="DVSCL pre-training on RGB/depth difference-image pairs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     util.process_only(parser.add_argument("--print_freq", type=int, default=10,
-                                          help="steps between progress-bar updates of the loss"))
+                                          help="steps between read-backs of the step values from the device: "
+                                               "progress-bar updates and the non-finite loss check"))
     util.process_only(parser.add_argument("--save_freq", type=int, default=10,
                                           help="epochs between numbered checkpoints"))
     util.process_only(parser.add_argument("--last_interval", type=float, default=300,
@@ -208,23 +209,34 @@ def train(epoch: int, store: dataset.ImageStore, transform: dataset.PairAugment,
 
     Returns the epoch means, over all ranks, of both views' losses and positive probabilities (the
     model's probability that the positive is the data sample: P0 / (P0 + K/n) for NCE, softmax
-    column 0 for softmax-NCE), plus images/s over all ranks. The step values are averaged over the
-    ranks before use, so the progress bar shows global means and a non-finite loss on any rank
-    stops every rank at the same step.
+    column 0 for softmax-NCE), plus images/s over all ranks. The step values stay on the device,
+    summed weighted by the batch size, and are read back, averaged over the ranks, only every
+    `--print_freq` steps (for the progress bar) and at the epoch's end: a step never waits for the
+    device. A non-finite loss on any rank stops every rank at the first read-back after it, before
+    any checkpoint of the epoch is saved.
     """
     model.train()
-    meters = {k: util.AverageMeter() for k in STAT_NAMES}
     order = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
     world = util.world_size()
     batches = [util.rank_chunk(batch) for batch in dataset.iterate_batches(
         len(store), args.batch_size * world, shuffle=True, drop_last=True, generator=order)]
+    # The epoch's anchor indices go to the device in one copy, not one per step; the store reads
+    # its images by the host's copy.
+    anchors = torch.stack(batches) if batches else torch.empty(0, args.batch_size, dtype=torch.long)
+    if device.type == "cuda":
+        anchors = anchors.pin_memory()
+    anchors = anchors.to(device, non_blocking=True)
     autocast = util.autocast(device.type, args.amp, args.opt_level)
+    # Running sums of the step values times the batch size, in float64 as the host summed them.
+    sums = torch.zeros(len(STAT_NAMES), dtype=torch.float64, device=device)
+    count, checked = 0, 0
+    values = dict.fromkeys(STAT_NAMES, 0.0)
     start = time.time()
     bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False,
                disable=not util.is_main_process())
     for step, index in enumerate(bar, start=1):
         x = transform(*store.batch(index, device))
-        index = index.to(device, non_blocking=True)
+        index = anchors[step - 1]
         with autocast:
             feat_rgb, feat_depth = model(x)
         out_rgb, out_depth = contrast(feat_rgb.float(), feat_depth.float(), index)
@@ -232,21 +244,25 @@ def train(epoch: int, store: dataset.ImageStore, transform: dataset.PairAugment,
         loss = rgb_loss + depth_loss
         step_stats = torch.stack((loss, rgb_loss, depth_loss, criterion.positive_probability(out_rgb).mean(),
                                   criterion.positive_probability(out_depth).mean()))
-        values = dict(zip(STAT_NAMES, util.all_reduce_mean(step_stats).tolist()))
-        if not math.isfinite(values["loss"]):
-            raise util.UserError(f"non-finite loss ({values['loss']}) at epoch {epoch} step {step}; "
-                                 f"the last good checkpoint in {args.model_folder} is intact")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        for name, value in values.items():
-            meters[name].update(value, index.numel())
+        sums += step_stats.detach().double() * index.numel()
+        count += index.numel()
         if step % args.print_freq == 0 or step == len(batches):
-            bar.set_postfix(loss=f"{meters['loss'].avg:.3f}", rgb_p=f"{meters['rgb_prob'].avg:.3f}",
-                            depth_p=f"{meters['depth_prob'].avg:.3f}")
+            values = {name: total / count for name, total in zip(STAT_NAMES, util.all_reduce_mean(sums).tolist())}
+            if not math.isfinite(values["loss"]):
+                steps = f"step {step}" if step == checked + 1 else f"steps {checked + 1}-{step}"
+                raise util.UserError(f"non-finite loss ({values['loss']}) at epoch {epoch} {steps}; "
+                                     f"the last good checkpoint in {args.model_folder} is intact")
+            checked = step
+            bar.set_postfix(loss=f"{values['loss']:.3f}", rgb_p=f"{values['rgb_prob']:.3f}",
+                            depth_p=f"{values['depth_prob']:.3f}")
     bar.close()
-    stats = {k: m.avg for k, m in meters.items()}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the clock stops when the device's work has finished
+    stats = dict(values)
     stats["images_per_s"] = len(batches) * args.batch_size * world / max(time.time() - start, 1e-9)
     return stats
 
@@ -293,7 +309,10 @@ def resume(path: str, model, contrast, optimizer, scaler, args: argparse.Namespa
     model.load_state_dict(ckpt["model"])
     contrast.load_state_dict(ckpt["contrast"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
+    # The loss scale continues where both scalers are at work. A disabled scaler (O1 off CUDA)
+    # saves {} and loads nothing: resumed across devices, O1 starts its scale afresh on CUDA.
+    if ckpt["scaler"] and scaler.is_enabled():
+        scaler.load_state_dict(ckpt["scaler"])
     saved_rng, world = ckpt["rng"], util.world_size()
     if isinstance(saved_rng, dict):  # written before checkpoints held one state per rank
         saved_rng = [saved_rng]

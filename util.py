@@ -181,7 +181,11 @@ def set_seed(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    """Every random generator's state as plain data (loads with `weights_only=True`)."""
+    """This process's random generators' states as plain data (loads with `weights_only=True`).
+
+    On CUDA only the current device's generator: the one a process draws from (each torchrun
+    rank has its own device), and a checkpoint then resumes on a machine with fewer GPUs.
+    """
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -189,17 +193,36 @@ def rng_state() -> dict:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
+_warned_cuda_rng = False
+
+
 def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` saved. A CUDA state goes to the current device. Checkpoints
+    written before hold a list, one state per GPU of the writer: the current device's entry is
+    used; without one the CUDA generator is left as it is, with one warning per process."""
+    global _warned_cuda_rng
     random.setstate(_as_tuple(state["python"]))
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or not torch.cuda.is_available():
+        return
+    device = torch.cuda.current_device()
+    if isinstance(cuda, (list, tuple)):
+        if device >= len(cuda):
+            if not _warned_cuda_rng:
+                _warned_cuda_rng = True
+                print(f"warning: the checkpoint holds the CUDA random states of {len(cuda)} GPU(s), none for "
+                      f"cuda:{device}: its CUDA generator is not restored (the run continues, but not bit for "
+                      "bit)", file=sys.stderr)
+            return
+        cuda = cuda[device]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def _as_tuple(value: Any) -> Any:
@@ -321,11 +344,16 @@ def init_distributed_mode(args: argparse.Namespace) -> torch.device:
     the device is ``pick_device(args.device)``. Under ``torchrun`` (which sets ``RANK``,
     ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``) the process joins an env://
     group: NCCL on ``cuda:LOCAL_RANK`` when ``args.device`` is ``auto`` (and CUDA is available) or
-    ``cuda``, gloo on the CPU when it is ``cpu`` or CUDA is unavailable. Sets ``args.world_size``.
+    ``cuda``, gloo on the CPU when it is ``cpu`` or CUDA is unavailable. Sets ``args.world_size``;
+    a CUDA device becomes the current device in either launch.
     """
     args.world_size = 1
     if "WORLD_SIZE" not in os.environ:
-        return pick_device(args.device)
+        device = pick_device(args.device)
+        if device.type == "cuda" and device.index is not None:
+            # The current device, as under torchrun: `rng_state` saves its generator.
+            torch.cuda.set_device(device)
+        return device
     missing = [name for name in LAUNCH_VARIABLES if name not in os.environ]
     if missing:
         raise UserError(f"WORLD_SIZE is set but {', '.join(missing)} is not: launch with torchrun")

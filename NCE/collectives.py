@@ -22,17 +22,27 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+# The one-tensor all-gather: all_gather_single where torch has it (it deprecates all_gather_into_tensor).
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
 @torch.no_grad()
-def all_gather_cat(t: Tensor) -> Tensor:
+def all_gather_cat(t: Tensor, equal_sizes: bool = False) -> Tensor:
     """Concatenate ``t`` (n_r, ...) from every rank along dim 0, in rank order.
 
-    Ranks may hold different ``n_r`` (the trailing dimensions must agree). The result
-    (sum_r n_r, ...) is detached: no gradient flows through the gather. In a single process it is
-    ``t.detach()``.
+    Ranks may hold different ``n_r`` (the trailing dimensions must agree); a caller that knows
+    every rank holds the same ``n_r`` passes ``equal_sizes=True``, which gathers in one collective
+    instead of three and never reads a size back to the host (no synchronisation on CUDA). The
+    result (sum_r n_r, ...) is detached: no gradient flows through the gather. In a single process
+    it is ``t.detach()``.
     """
     if not is_distributed():
         return t.detach()
     t = t.detach().contiguous()
+    if equal_sizes:
+        gathered = t.new_empty((world_size() * t.shape[0], *t.shape[1:]))
+        _all_gather_single(gathered, t)
+        return gathered
     local_size = torch.tensor([t.shape[0]], device=t.device)
     sizes = [torch.zeros_like(local_size) for _ in range(world_size())]
     dist.all_gather(sizes, local_size)

@@ -38,17 +38,18 @@ def _score(feat: Tensor, bank: Tensor, idx: Tensor, dense: bool) -> Tensor:
     return torch.bmm(rows, feat.float().unsqueeze(2)).squeeze(2)
 
 
-def _last_occurrence(index: Tensor) -> tuple[Tensor, Tensor]:
-    """Deduplicate ``index`` (N,) deterministically.
+def _last_occurrence(index: Tensor, n_rows: int) -> Tensor:
+    """For each position of ``index`` (N,), values in [0, ``n_rows``), the position of the last
+    occurrence of its value (N,); position p is its value's last occurrence where the result is p.
 
-    Returns:
-        (U,) the distinct values and (U,) the position in ``index`` of each value's last
-        occurrence, so repeated rows are updated once, with the last feature, on every device.
+    A scatter over the ``n_rows`` rows instead of a deduplication: no size depends on the values,
+    so nothing is read back to the host (``torch.unique`` synchronises on CUDA). Rows that
+    ``index`` does not hold are never written nor read, so they are left uninitialised.
     """
-    unique, inverse = torch.unique(index, return_inverse=True)
     positions = torch.arange(index.numel(), device=index.device)
-    last = torch.full_like(unique, -1).scatter_reduce_(0, inverse, positions, reduce="amax")
-    return unique, last
+    last = torch.empty(n_rows, dtype=positions.dtype, device=index.device)
+    last.scatter_reduce_(0, index, positions, reduce="amax", include_self=False)
+    return last.index_select(0, index)
 
 
 class ContrastMemory(nn.Module):
@@ -72,12 +73,17 @@ class ContrastMemory(nn.Module):
       ``Z = mean(exp(<f, m> / T)) * n_data`` (mean over the B x (K+1) scores, averaged over
       ranks) and then held fixed. It is saved in the ``z`` buffer with the temperature it was
       estimated at (``z_t``); when the module is used with another temperature (a resumed run
-      with a new ``--nce_t``) Z is estimated again from the next batch.
+      with a new ``--nce_t``) Z is estimated again from the next batch. A host copy of ``z_t``,
+      set by the constructor, ``load_state_dict`` and the estimate, decides whether to estimate,
+      so that forward never reads a buffer back from the device: change ``z_t`` only through
+      these.
 
     After scoring, the positive rows of both banks are moved towards the batch's features with
     momentum: ``row = normalise(m * row + (1 - m) * feat)``, using the features and indices
-    gathered from every rank, so the update is identical on every rank. A row whose update has
-    (near) zero norm keeps its previous value, so rows stay unit-norm and never become NaN.
+    gathered from every rank (each rank passes the same batch size), so the update is identical
+    on every rank; a row that the gathered batch holds twice takes its last occurrence's feature.
+    A row whose update has (near) zero norm keeps its previous value, so rows stay unit-norm and
+    never become NaN.
 
     State: the banks ``memory_rgb``, ``memory_depth`` (n_data, feat_dim) and ``z`` (2,) (RGB,
     depth; 0 until estimated), ``z_t`` () are buffers and saved in the state dict. ``nce_k``,
@@ -131,6 +137,7 @@ class ContrastMemory(nn.Module):
             self.register_buffer(name, bank)
         self.register_buffer("z", torch.zeros(2))
         self.register_buffer("z_t", torch.zeros((), dtype=torch.float64))
+        self._z_t_host = 0.0  # the value of z_t (see the class docstring)
         self._synced = False
 
     def extra_repr(self) -> str:
@@ -139,6 +146,12 @@ class ContrastMemory(nn.Module):
             f"nce_t={self.nce_t}, nce_m={self.nce_m}, softmax={self.softmax}, "
             f"exclude_self={self.exclude_self}, bank_dtype={self.memory_rgb.dtype}"
         )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "z_t" in state_dict:
+            # Read from the state dict (usually on the CPU), not from the buffer on the device.
+            self._z_t_host = float(state_dict[prefix + "z_t"])
 
     def sync_banks(self) -> None:
         """Broadcast both banks from rank 0 (no-op in one process); done by the first forward."""
@@ -171,7 +184,8 @@ class ContrastMemory(nn.Module):
         Args:
             feat_rgb: (B, D) RGB embeddings (unit rows expected), on the banks' device.
             feat_depth: (B, D) depth embeddings, same rows as ``feat_rgb``.
-            index: (B,) long sample indices in [0, n_data) (not range-checked).
+            index: (B,) long sample indices in [0, n_data) (not range-checked). Under a process
+                group every rank passes the same B (the bank update gathers equal chunks).
 
         Returns:
             ``(out_rgb, out_depth)``, each (B, K+1) float32, column 0 the positive:
@@ -200,18 +214,21 @@ class ContrastMemory(nn.Module):
     def _nce_probabilities(self, logits: Tensor) -> Tensor:
         """(2, B, K+1) logits -> (2, B, K+1) ``exp(logits / T) / Z``, estimating Z if needed."""
         scores = torch.exp(logits / self.nce_t)
-        if self.z_t.item() != self.nce_t:
+        if self._z_t_host != self.nce_t:
             per_view_mean = scores.detach().mean(dim=(1, 2))
             self.z.copy_(collectives.all_reduce_mean(per_view_mean) * self.n_data)
             self.z_t.fill_(self.nce_t)
+            self._z_t_host = self.nce_t
         return scores / self.z.view(2, 1, 1)
 
     @torch.no_grad()
     def _update_banks(self, feat_rgb: Tensor, feat_depth: Tensor, index: Tensor) -> None:
         """Momentum-update the rows ``index`` (B,) of each view's own bank, over all ranks."""
-        feats = collectives.all_gather_cat(torch.stack((feat_rgb, feat_depth), dim=1).float())
-        index, keep = _last_occurrence(collectives.all_gather_cat(index))
-        feats = feats[keep]
+        feats = collectives.all_gather_cat(torch.stack((feat_rgb, feat_depth), dim=1).float(), equal_sizes=True)
+        index = collectives.all_gather_cat(index, equal_sizes=True)
+        # Every occurrence of a row takes its last occurrence's feature: the copies compute the
+        # same new row, so index_copy_ writes one value whichever copy lands last.
+        feats = feats.index_select(0, _last_occurrence(index, self.n_data))
         for view, bank in enumerate((self.memory_rgb, self.memory_depth)):
             old = bank.index_select(0, index).float()
             new = old.mul(self.nce_m).add_(feats[:, view], alpha=1.0 - self.nce_m)

@@ -225,8 +225,10 @@ def test_photometric_jitter_matches_per_sample_reference():
     rgb = torch.rand(12, 3, 8, 8)
     out = rgb.clone()
     aug = _augment(True, jitter=0.6, grayscale_p=0.5)
-    aug._jitter_rgb_(out, torch.Generator().manual_seed(3))
+    _, *rgb_factors, _ = aug._draw(12, 8, True, torch.Generator().manual_seed(3), out.device)
+    aug._jitter_rgb_(out, *rgb_factors, aug._device_constants(out.device)[2])
     draws = torch.Generator().manual_seed(3)
+    aug.crop_theta(12, 8, draws)  # the crop is drawn first
     amplitude = torch.empty(12).uniform_(0.4, 1.6, generator=draws)
     saturation = torch.empty(12).uniform_(0.4, 1.6, generator=draws)
     to_gray = torch.rand(12, generator=draws) < 0.5
@@ -240,8 +242,12 @@ def test_photometric_jitter_matches_per_sample_reference():
         torch.testing.assert_close(out[i], expected, rtol=0, atol=1e-6)
     depth = torch.rand(12, 1, 8, 8)
     scaled = depth.clone()
-    aug._amplitude_(scaled, torch.Generator().manual_seed(4))
-    factor = torch.empty(12).uniform_(0.4, 1.6, generator=torch.Generator().manual_seed(4)).view(-1, 1, 1, 1)
+    dataset._amplitude_(scaled, aug._draw(12, 8, True, torch.Generator().manual_seed(4), depth.device)[4])
+    draws = torch.Generator().manual_seed(4)
+    aug.crop_theta(12, 8, draws)
+    torch.empty(24).uniform_(0.4, 1.6, generator=draws)  # RGB amplitude and saturation
+    torch.rand(12, generator=draws)  # grayscale
+    factor = torch.empty(12).uniform_(0.4, 1.6, generator=draws).view(-1, 1, 1, 1)
     torch.testing.assert_close(scaled, ((depth - 0.5) * factor + 0.5).clamp(0, 1), rtol=0, atol=1e-6)
 
 

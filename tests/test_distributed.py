@@ -84,6 +84,7 @@ def test_helpers_are_identity_in_one_process(monkeypatch) -> None:
     assert (util.rank(), util.world_size(), util.is_main_process()) == (0, 1, True)
     gathered = collectives.all_gather_cat(t)
     assert torch.equal(gathered, t) and not gathered.requires_grad
+    assert torch.equal(collectives.all_gather_cat(t, equal_sizes=True), t)
     assert torch.equal(util.all_reduce_mean(t), t)
     before = t.detach().clone()
     assert collectives.broadcast_(t.detach()) is not None and torch.equal(t, before)
@@ -131,6 +132,7 @@ def _helper_worker(rank: int, rendezvous: str, out_dir: str) -> None:
     assert isinstance(model, DistributedDataParallel) and util.unwrap_model(model) is model.module
     torch.save({**memory.state_dict(),
                 "gathered": collectives.all_gather_cat(torch.full((rank + 1,), float(rank))),
+                "gathered_equal": collectives.all_gather_cat(torch.full((2, 3), rank), equal_sizes=True),
                 "objects": util.all_gather_object({"rank": rank, "state": torch.full((2,), rank)}),
                 "chunk": util.rank_chunk(torch.arange(6))}, Path(out_dir) / f"rank{rank}.pt")
     util.barrier()  # as pretrain.main: no rank leaves while the other finishes a collective
@@ -142,6 +144,8 @@ def test_two_process_helpers_and_banks(tmp_path: Path) -> None:
     ranks = [load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     assert [r["chunk"].tolist() for r in ranks] == [[0, 1, 2], [3, 4, 5]]
     assert ranks[0]["gathered"].tolist() == [0.0, 1.0, 1.0]
+    for r in ranks:
+        assert torch.equal(r["gathered_equal"], torch.tensor([[0] * 3] * 2 + [[1] * 3] * 2))
     objects = ranks[1]["objects"]
     assert [o["rank"] for o in objects] == [0, 1] and objects[1]["state"].tolist() == [1, 1]
     torch.manual_seed(0)

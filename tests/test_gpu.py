@@ -24,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -39,6 +40,7 @@ import util
 from models import build_model
 from NCE import ContrastMemory, NCECriterion, NCESoftmaxLoss
 import test_pretrain
+from scripts import bench_gpu
 from util import REPO_ROOT
 
 pretrain = util.load_script("pre-train_CVSCL.py")
@@ -254,15 +256,9 @@ def test_contrast_memory_matches_cpu(monkeypatch, record_property, softmax: bool
 # Checkpoints between CPU and CUDA
 
 
-O1_FROM_CPU = pytest.mark.xfail(reason="suspected: pre-train_CVSCL.py resume() hands the CPU run's empty GradScaler "
-                                       "state (its scaler is disabled off CUDA) to the enabled CUDA scaler, whose "
-                                       "load_state_dict raises on an empty state", strict=False)
-
-
 @needs_device
 @pytest.mark.parametrize("first, second, precision", [
-    (gpu(), "cpu", "fp32"), ("cpu", gpu(), "fp32"), (gpu(), "cpu", "O1"),
-    pytest.param("cpu", gpu(), "O1", marks=O1_FROM_CPU)])
+    (gpu(), "cpu", "fp32"), ("cpu", gpu(), "fp32"), (gpu(), "cpu", "O1"), ("cpu", gpu(), "O1")])
 def test_checkpoint_resumes_on_the_other_device(synthetic_data: Path, tmp_path: Path, no_launcher, first: str,
                                                 second: str, precision: str):
     """One epoch on `first`, then `--resume` of its last.pth for a second epoch on `second`: the run
@@ -282,21 +278,68 @@ def test_checkpoint_resumes_on_the_other_device(synthetic_data: Path, tmp_path: 
 
 
 @needs_cuda
-@pytest.mark.xfail(reason="suspected: util.set_rng_state passes the checkpoint's per-GPU CUDA states to "
-                          "torch.cuda.set_rng_state_all, which fails on a machine with fewer GPUs than the writer's",
-                   strict=False)
 def test_checkpoint_from_a_machine_with_more_gpus_resumes(synthetic_data: Path, tmp_path: Path, no_launcher):
-    """A one-process checkpoint whose RNG state holds one CUDA state more than this machine has GPUs
-    (as one written on a larger node) resumes here."""
+    """A checkpoint holds the CUDA generator state of its process's device only; one written before,
+    with a list of one state per GPU of a larger node (one more than this machine has), resumes
+    here."""
     argv = pretrain_args(synthetic_data, tmp_path)
     folder = pretrain.main([*argv, "--epochs", "1", "--device", "cuda"])
     ckpt = load(folder / "last.pth")
-    states = ckpt["rng"][0]["cuda"]
-    ckpt["rng"][0]["cuda"] = [*states, states[0].clone()]
+    state = ckpt["rng"][0]["cuda"]
+    assert isinstance(state, Tensor), "one device's state"
+    ckpt["rng"][0]["cuda"] = [state.clone() for _ in range(torch.cuda.device_count() + 1)]
     # In the run folder: resuming from a checkpoint elsewhere would be a new run in a folder it does not own.
     torch.save(ckpt, folder / "larger_node.pth")
     pretrain.main([*argv, "--epochs", "2", "--device", "cuda", "--resume", str(folder / "larger_node.pth")])
     assert load(folder / "last.pth")["epoch"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Host synchronisations in the training step
+
+
+def counted_syncs(fn: Callable[[], object]) -> Counter:
+    """Synchronising CUDA calls of `fn()` by source line, as scripts/bench_gpu.py counts them; none
+    in a CPU dry run (only `fn()` runs)."""
+    if DEVICE.type == "cuda":
+        return bench_gpu.count_syncs(fn)
+    fn()
+    return Counter()
+
+
+@needs_device
+@pytest.mark.parametrize("precision", list(PRECISIONS))
+@pytest.mark.parametrize("loss", ["nce", "softmax"])
+def test_training_steps_never_wait_for_the_device(synthetic_data: Path, tmp_path: Path, precision: str, loss: str):
+    """`pretrain.train` epochs of 2 and 5 steps (batch 4) after a warm-up epoch, under
+    `torch.cuda.set_sync_debug_mode("warn")`: with one read-back, at the epoch's end, every line
+    synchronises as often in both, so no step does. With a read-back every 2 steps (1 and 3 of
+    them) only `train`'s own lines count more, and they do (the counting works)."""
+    flags = ["--batch_size", "4", "--device", gpu(), *(["--softmax"] if loss == "softmax" else []),
+             *PRECISIONS[precision]]
+    args = pretrain.parse_option(pretrain_args(synthetic_data, tmp_path, *flags))
+    samples = pool_samples(synthetic_data)
+    stores = {steps: dataset.ImageStore(samples[:4 * steps], args.load_size, workers=0, progress=False)
+              for steps in (2, 5)}
+    util.set_seed(0)
+    model, contrast, criterion = pretrain.set_model(args, len(samples), DEVICE)
+    optimizer = pretrain.set_optimizer(args, model)
+    scaler = torch.amp.GradScaler(DEVICE.type, enabled=precision == "O1" and DEVICE.type == "cuda")
+    augment = dataset.augment_from_args(args, train=True)
+
+    def epoch(steps: int, print_freq: int) -> Counter:
+        args.print_freq = print_freq
+        return counted_syncs(lambda: pretrain.train(1, stores[steps], augment, model, contrast, criterion,
+                                                    optimizer, scaler, args, DEVICE))
+
+    epoch(2, 1000)  # warm-up: cuDNN's algorithm search, Z's estimate, the caching allocators
+    short, long = epoch(2, 1000), epoch(5, 1000)
+    per_step = {line: long[line] - short[line] for line in short | long if long[line] != short[line]}
+    assert not per_step, f"synchronisations added by 3 more steps, by line: {per_step}"
+    short, long = epoch(2, 2), epoch(5, 2)
+    added = {line: long[line] - short[line] for line in short | long if long[line] != short[line]}
+    assert all(line.startswith("pre-train_CVSCL.py:") for line in added), added
+    assert DEVICE.type != "cuda" or sum(added.values()) > 0, "no read-back was counted"
 
 
 # ---------------------------------------------------------------------------------------------

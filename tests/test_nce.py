@@ -1,6 +1,7 @@
 """The contrast memory and its losses against plain-loop references (lightly-style)."""
 from __future__ import annotations
 
+import copy
 import io
 import math
 
@@ -153,6 +154,81 @@ def test_momentum_update_is_exact_and_touches_only_positive_rows() -> None:
         else:
             expected = before[row].tolist()
         torch.testing.assert_close(memory.memory_rgb[row], torch.tensor(expected), rtol=0, atol=1e-7)
+
+
+def unique_last_occurrence(index: Tensor) -> tuple[Tensor, Tensor]:
+    """The deduplication the bank update did before (it synchronises on CUDA): the distinct values
+    and the position of each one's last occurrence."""
+    unique, inverse = torch.unique(index, return_inverse=True)
+    positions = torch.arange(index.numel())
+    return unique, torch.full_like(unique, -1).scatter_reduce_(0, inverse, positions, reduce="amax")
+
+
+def unique_update_(memory: ContrastMemory, feat_rgb: Tensor, feat_depth: Tensor, index: Tensor) -> None:
+    """The bank update as it was before: one row per distinct index, with its last feature."""
+    rows, keep = unique_last_occurrence(index)
+    feats = torch.stack((feat_rgb, feat_depth), dim=1).float()[keep]
+    for view, bank in enumerate((memory.memory_rgb, memory.memory_depth)):
+        old = bank.index_select(0, rows).float()
+        new = old.mul(memory.nce_m).add_(feats[:, view], alpha=1.0 - memory.nce_m)
+        norm = new.norm(dim=1, keepdim=True)
+        new = torch.where(norm > memory_module.NORM_EPS, new / norm.clamp_min(memory_module.NORM_EPS), old)
+        bank.index_copy_(0, rows, new.to(bank.dtype))
+
+
+@pytest.mark.parametrize("n_rows, n", [(1, 5), (7, 40), (50, 50), (1000, 300)])
+def test_last_occurrence_finds_what_unique_finds(n_rows: int, n: int) -> None:
+    generator = torch.Generator().manual_seed(n_rows)
+    for _ in range(20):
+        index = torch.randint(n_rows, (n,), generator=generator)
+        last = memory_module._last_occurrence(index, n_rows)
+        assert torch.equal(index[last], index) and (last >= torch.arange(n)).all()
+        unique, positions = unique_last_occurrence(index)
+        assert torch.equal(torch.unique(last), positions.sort().values)
+        assert torch.equal(index[positions], unique)
+
+
+@pytest.mark.parametrize("bank_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dim", [8, 100, 128])
+def test_bank_update_with_repeated_rows_equals_the_deduplicating_update(dim: int, bank_dtype: torch.dtype) -> None:
+    """Every copy of a repeated row computes the same update, so writing them all gives, bit for
+    bit, what updating each distinct row once gave; a zero feature keeps its row."""
+    generator = torch.Generator().manual_seed(dim)
+    for n_data, batch, m in ((20, 64, 0.5), (300, 256, 0.3), (5000, 600, 0.9)):
+        memory = ContrastMemory(dim, n_data, 4, 0.07, m, bank_dtype=bank_dtype)
+        reference = copy.deepcopy(memory)
+        index = torch.randint(n_data, (batch,), generator=generator)
+        feats = F.normalize(torch.randn(2, batch, dim, generator=generator), dim=2)
+        feats[0, :3] = 0
+        memory._update_banks(feats[0], feats[1], index)
+        unique_update_(reference, feats[0], feats[1], index)
+        assert torch.equal(memory.memory_rgb, reference.memory_rgb)
+        assert torch.equal(memory.memory_depth, reference.memory_depth)
+
+
+def test_forward_reads_nothing_back_from_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Z's temperature is known on the host (from the constructor, the estimate or
+    load_state_dict), so that no step reads a tensor back; a reloaded state of another
+    temperature is still estimated again."""
+    memory = ContrastMemory(FEAT_DIM, 20, 6, 0.07, 0.5)
+    state = {k: v.clone() for k, v in memory.state_dict().items()}
+
+    def read_back(*args, **kwargs):
+        raise AssertionError("a tensor was read back to the host")
+
+    def forward_without_read_backs(steps: int) -> None:
+        with monkeypatch.context() as patched:
+            for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+                patched.setattr(Tensor, name, read_back)
+            for step in range(steps):
+                memory(unit_rows(4), unit_rows(4), torch.arange(4 * step, 4 * step + 4))
+
+    forward_without_read_backs(3)
+    assert memory.z_t.item() == 0.07 and (memory.z > 0).all()
+    memory.load_state_dict(state)  # Z not estimated yet
+    assert (memory.z == 0).all()
+    forward_without_read_backs(1)
+    assert memory.z_t.item() == 0.07 and (memory.z > 0).all()
 
 
 @pytest.mark.parametrize("softmax", [False, True])

@@ -173,6 +173,81 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(pool: Path, tmp_path: P
     assert all(torch.equal(good["model"][k], kept["model"][k]) for k in good["model"])
 
 
+def _cpu_run(pool: Path, tmp_path: Path, *extra: str):
+    """Flags, the decoded pool (24 pairs: 3 steps of 8), a seeded model, memory, loss and
+    optimizer of a CPU run."""
+    args = pretrain.parse_option(run_args(pool, tmp_path, "--epochs", "2", *extra))
+    samples = dataset.load_pool(dataset.find_list_folder(pool), pool)
+    store = dataset.ImageStore(samples, args.load_size, progress=False)
+    torch.manual_seed(0)
+    model, contrast, criterion = pretrain.set_model(args, len(store), torch.device("cpu"))
+    return args, store, model, contrast, criterion, pretrain.set_optimizer(args, model)
+
+
+def test_reading_the_step_values_back_less_often_changes_nothing(pool: Path, tmp_path: Path):
+    """The step values stay tensors between read-backs: read back after every step or only at the
+    epoch's end, the epoch means and the weights are the same, bit for bit."""
+    runs = []
+    for print_freq in ("1", "1000"):
+        args, store, model, contrast, criterion, optimizer = _cpu_run(pool, tmp_path, "--print_freq", print_freq)
+        stats = pretrain.train(1, store, dataset.augment_from_args(args, True), model, contrast, criterion,
+                               optimizer, torch.amp.GradScaler("cpu", enabled=False), args, torch.device("cpu"))
+        runs.append(({k: v for k, v in stats.items() if k != "images_per_s"}, model.state_dict()))
+    (every_step, weights), (at_the_end, same_weights) = runs
+    assert every_step == at_the_end and set(every_step) == set(pretrain.STAT_NAMES)
+    assert all(torch.equal(weights[k], same_weights[k]) for k in weights)
+
+
+@pytest.mark.parametrize("first_bad_step, steps", [(1, "steps 1-2"), (3, "step 3")])
+def test_non_finite_loss_stops_at_the_first_read_back_after_it(pool: Path, tmp_path: Path, first_bad_step: int,
+                                                             steps: str):
+    """With --print_freq 2 the 3-step epoch reads its values back after steps 2 and 3: a NaN loss
+    from `first_bad_step` on stops it at the first of these after it, with one line naming the
+    epoch and the steps since the last read-back."""
+    args, store, model, contrast, criterion, optimizer = _cpu_run(pool, tmp_path, "--print_freq", "2")
+    calls = []
+    forward = criterion.forward
+
+    def poisoned(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x)
+        step = (len(calls) + 1) // 2  # two calls a step: RGB, then depth
+        return forward(x) * (float("nan") if step >= first_bad_step else 1.0)
+
+    criterion.forward = poisoned
+    with pytest.raises(UserError) as raised:
+        pretrain.train(2, store, dataset.augment_from_args(args, True), model, contrast, criterion, optimizer,
+                       torch.amp.GradScaler("cpu", enabled=False), args, torch.device("cpu"))
+    message = str(raised.value)
+    assert "\n" not in message and f"non-finite loss (nan) at epoch 2 {steps}; the last good checkpoint" in message
+    assert len(calls) == 2 * (2 if first_bad_step <= 2 else 3)
+
+
+def test_resume_loads_a_loss_scale_only_where_both_scalers_work(pool: Path, tmp_path: Path):
+    """O1's GradScaler is disabled off CUDA and saves {}: resumed with an enabled scaler (O1 on
+    CUDA) the scale starts afresh instead of failing; a saved scale resumed with a disabled scaler
+    is dropped; between enabled scalers it carries over. Enabled CPU scalers stand in for CUDA's."""
+    args, _, model, contrast, _, optimizer = _cpu_run(pool, tmp_path)
+
+    def saved_with(scaler: torch.amp.GradScaler, name: str) -> str:
+        path = tmp_path / name
+        torch.save(pretrain.checkpoint_state(model, contrast, optimizer, scaler, 1, {}, args, [util.rng_state()]),
+                   path)
+        return str(path)
+
+    from_cpu = saved_with(torch.amp.GradScaler("cpu", enabled=False), "disabled.pth")
+    from_cuda = saved_with(torch.amp.GradScaler("cpu", init_scale=8.0), "enabled.pth")
+    assert torch.load(from_cpu, weights_only=True)["scaler"] == {}
+    fresh = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    pretrain.resume(from_cpu, model, contrast, optimizer, fresh, args)
+    assert fresh.is_enabled() and fresh.get_scale() == 2.0**16
+    disabled = torch.amp.GradScaler("cpu", enabled=False)
+    pretrain.resume(from_cuda, model, contrast, optimizer, disabled, args)
+    assert not disabled.is_enabled()
+    enabled = torch.amp.GradScaler("cpu")
+    pretrain.resume(from_cuda, model, contrast, optimizer, enabled, args)
+    assert enabled.get_scale() == 8.0
+
+
 def test_cli_loss_falls_on_synthetic_data(synthetic_data: Path, tmp_path: Path):
     result = cli("--data_folder", str(synthetic_data), "--model_path", str(tmp_path / "models"),
                  "--tb_path", str(tmp_path / "tb"), "--image_size", "64", "--batch_size", "8",
