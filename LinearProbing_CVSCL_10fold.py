@@ -31,7 +31,7 @@ DEFAULTS = evaluation.Defaults(epochs=60, learning_rate=0.1, batch_size=64, weig
 
 
 def parse_option(argv: list[str] | None = None) -> tuple[argparse.Namespace, evaluation.EncoderSpec]:
-    parser = argparse.ArgumentParser(
+    parser = util.ArgumentParser(
         "LinearProbing_CVSCL_10fold.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="k-fold linear probe of a frozen DVSCL encoder on every labeled sample: subject-grouped, "
                     "stratified folds; a fresh linear head per fold; pooled acc/UF1/UAR and per-fold figures "
@@ -75,9 +75,9 @@ def make_folds(labels: np.ndarray, groups: np.ndarray, folds: int, split: str, s
 def kfold_protocol(args: argparse.Namespace) -> evaluation.Protocol:
     """All labeled samples and their folds as units `fold01`, `fold02`, ..."""
     data_folder = Path(args.data_folder)
-    list_folder = dataset.find_list_folder(data_folder, args.list_folder)
+    list_folder = dataset.find_list_folder(data_folder, args.list_folder, args.second_view)
     samples = dataset.load_labeled(list_folder, data_folder, dataset.subject_names(list_folder),
-                                   args.prefixes, args.strict_pairs)
+                                   args.prefixes, args.strict_pairs, args.second_view)
     n_classes = evaluation.infer_n_classes(args, samples)
     labels = np.array([s.label for s in samples])
     groups = np.array([s.subject for s in samples])

@@ -8,7 +8,8 @@ never by line order.
 
 Images are decoded once into a uint8 (RGB) / uint8-or-uint16 (depth) store resized to
 `load_size` x `load_size`, optionally backed by memory-mapped cache files named by the source
-files' sizes and modification times, which check themselves when reused. Augmentation happens on whole batches, on the training device (`PairAugment`).
+files' sizes and modification times, which check themselves when reused. Augmentation happens
+on whole batches, on the training device (`PairAugment`).
 """
 from __future__ import annotations
 
@@ -41,11 +42,14 @@ from util import REPO_ROOT, UserError, atomic_write_text, process_only
 DEFAULT_CLASS_NAMES = {3: ("negative", "positive", "surprise"),
                        4: ("negative", "others", "positive", "surprise")}
 DBTYPE_CASME3 = 0
+# The third list column: the source database (the MEGC2019 composite numbers SMIC, CASME II, SAMM)
+DATABASES = {DBTYPE_CASME3: "CAS(ME)^3", 1: "SMIC-HS", 2: "CASME II", 3: "SAMM"}
 UNLABELED = -1  # the label of a pool pair
 LIST_FOLDER = "data"
 RGB_LISTS, DEPTH_LISTS, GRAY_LISTS = "v_rgb", "v_depth", "v_gray"
 # --view: the list folder of the second view beside v_rgb (None: RGB only, for data without one)
 SECOND_VIEW_LISTS = {"RGB_D": DEPTH_LISTS, "RGB_gray": GRAY_LISTS, "RGB": None}
+VIEW_NAMES = {RGB_LISTS: "RGB", DEPTH_LISTS: "depth", GRAY_LISTS: "grey"}
 SUBJECT_LIST = "subName.txt"  # in RGB_LISTS
 CLASS_LIST = "classes.txt"
 POOL_LIST = "pretrain.txt"
@@ -236,10 +240,11 @@ class ListEntry:
 
 @dataclass(frozen=True)
 class Sample:
-    """One RGB/depth pair. `subject` is the `spNO<n>` name; label -1 means unlabeled."""
+    """One RGB/depth (or RGB/grey) pair. `subject` is the `spNO<n>` name; label -1 means unlabeled;
+    `depth_path` is the second view's image, None for RGB-only data (`--view RGB`)."""
     key: str
     rgb_path: Path
-    depth_path: Path
+    depth_path: Path | None
     label: int
     dbtype: int
     subject: str
@@ -331,22 +336,27 @@ def _parse_int(text: str, what: str, source: str) -> int:
         raise UserError(f"{source}: {what} {text!r} is not an integer") from None
 
 
-def pair_views(rgb: Sequence[ListEntry], depth: Sequence[ListEntry], subject: str = "",
+def pair_views(rgb: Sequence[ListEntry], depth: Sequence[ListEntry] | None, subject: str = "",
                strict: bool = False) -> list[Sample]:
-    """Join RGB and depth entries by sample key, in RGB list order.
+    """Join RGB and second-view (depth or grey) entries by sample key, in RGB list order; with
+    `depth` None (RGB-only data) every RGB entry is a sample without a second image.
 
     Keys present in one view only are counted, the first few named on stderr, and left out;
     `strict=True` makes them an error. Duplicate keys and disagreeing labels are errors.
     """
     rgb_by_key = _index_by_key(rgb)
+    if depth is None:
+        return [Sample(key, r.path, None, r.label, r.dbtype, subject or subject_of(key), r.intensity,
+                       r.source, "") for key, r in rgb_by_key.items()]
     depth_by_key = _index_by_key(depth)
     only_rgb = [k for k in rgb_by_key if k not in depth_by_key]
     only_depth = [k for k in depth_by_key if k not in rgb_by_key]
-    for keys, view, source in ((only_rgb, "RGB", rgb), (only_depth, "depth", depth)):
+    second = VIEW_NAMES.get(Path(depth[0].source.rsplit(":", 1)[0]).parent.name, "second-view")
+    for keys, view, other, source in ((only_rgb, "RGB", second, rgb), (only_depth, second, "RGB", depth)):
         if keys:
             list_file = source[0].source.rsplit(":", 1)[0]
-            message = (f"{list_file}: {len(keys)} {view} sample(s) without a matching "
-                       f"{'depth' if view == 'RGB' else 'RGB'} sample, e.g. {', '.join(keys[:3])}")
+            message = f"{list_file}: {len(keys)} {view} sample(s) without a matching {other} sample, e.g. " \
+                      f"{', '.join(keys[:3])}"
             if strict:
                 raise UserError(message)
             print(f"warning: {message}; left out", file=sys.stderr)
@@ -381,15 +391,25 @@ def _index_by_key(entries: Sequence[ListEntry]) -> dict[str, ListEntry]:
 # The list folder: v_rgb/ and v_depth/ with per-subject lists, subName.txt, classes.txt, pretrain.txt
 
 
-def find_list_folder(data_folder: str | Path, list_folder: str | Path | None = None) -> Path:
-    """The folder holding `v_rgb/` and `v_depth/`: `list_folder`, else `<data_folder>/data`,
-    else the repository's `data/`."""
+def find_list_folder(data_folder: str | Path, list_folder: str | Path | None = None,
+                     second: str | None = DEPTH_LISTS) -> Path:
+    """The folder holding `v_rgb/` and the second view's lists (`second`: `v_depth/`, `v_gray/`, or
+    None for RGB-only data): `list_folder`, else `<data_folder>/data`, else the repository's `data/`.
+
+    A candidate with `v_rgb/` but without the second view's folder is an error, not a reason to
+    look further: the data's own lists must not be replaced by the repository's without a word.
+    """
     candidates = [Path(list_folder)] if list_folder else [Path(data_folder) / LIST_FOLDER, REPO_ROOT / LIST_FOLDER]
     for folder in candidates:
-        if (folder / RGB_LISTS).is_dir() and (folder / DEPTH_LISTS).is_dir():
-            return folder
-    tried = " or ".join(str(c) for c in candidates)
-    raise UserError(f"{tried}: no v_rgb/ and v_depth/ list folders found (set --list_folder)")
+        if not (folder / RGB_LISTS).is_dir():
+            continue
+        if second and not (folder / second).is_dir():
+            views = [v for v, lists in SECOND_VIEW_LISTS.items() if lists is None or (folder / lists).is_dir()]
+            raise UserError(f"{folder}: has {RGB_LISTS}/ but no {second}/ for this --view; its lists serve "
+                            f"--view {' or '.join(views)}")
+        return folder
+    needed = " and ".join(f"{n}/" for n in (RGB_LISTS, second) if n)
+    raise UserError(f"{' or '.join(str(c) for c in candidates)}: no {needed} list folders found (set --list_folder)")
 
 
 def subject_names(list_folder: Path) -> list[str]:
@@ -412,23 +432,26 @@ def subject_names(list_folder: Path) -> list[str]:
 
 
 def load_split(list_folder: Path, data_folder: Path, subject: str, split: str,
-               prefixes: Sequence[tuple[str, str]] = (), strict_pairs: bool = False) -> list[Sample]:
-    """Samples of `<subject>_<split>.txt` (split 'train' or 'test'), paired by key."""
-    if split == "train" and not has_train_list(list_folder, subject):
-        return derived_train(list_folder, data_folder, subject, prefixes, strict_pairs)
+               prefixes: Sequence[tuple[str, str]] = (), strict_pairs: bool = False,
+               second: str | None = DEPTH_LISTS) -> list[Sample]:
+    """Samples of `<subject>_<split>.txt` (split 'train' or 'test'), paired by key with the list of
+    the same name in the `second` view's folder (none for RGB-only data)."""
+    if split == "train" and not has_train_list(list_folder, subject, second):
+        return derived_train(list_folder, data_folder, subject, prefixes, strict_pairs, second)
     rgb = read_list(list_folder / RGB_LISTS / split_list(subject, split), data_folder, prefixes)
-    depth = read_list(list_folder / DEPTH_LISTS / split_list(subject, split), data_folder, prefixes)
+    depth = read_list(list_folder / second / split_list(subject, split), data_folder, prefixes) if second else None
     return pair_views(rgb, depth, subject if split == "test" else "", strict_pairs)
 
 
-def has_train_list(list_folder: Path, subject: str) -> bool:
-    """Whether `<subject>_train.txt` exists in `v_rgb/` or `v_depth/`."""
+def has_train_list(list_folder: Path, subject: str, second: str | None = DEPTH_LISTS) -> bool:
+    """Whether `<subject>_train.txt` exists in `v_rgb/` or the second view's folder."""
     name = split_list(subject, "train")
-    return (list_folder / RGB_LISTS / name).is_file() or (list_folder / DEPTH_LISTS / name).is_file()
+    return any((list_folder / view / name).is_file() for view in (RGB_LISTS, second) if view)
 
 
 def derived_train(list_folder: Path, data_folder: Path, subject: str,
-                  prefixes: Sequence[tuple[str, str]] = (), strict_pairs: bool = False) -> list[Sample]:
+                  prefixes: Sequence[tuple[str, str]] = (), strict_pairs: bool = False,
+                  second: str | None = DEPTH_LISTS) -> list[Sample]:
     """LOSO training samples of a subject without `<subject>_train.txt` in either view: the test
     samples of every other subject of `subName.txt`, in its order, each with its own list's subject.
 
@@ -436,7 +459,7 @@ def derived_train(list_folder: Path, data_folder: Path, subject: str,
     lists only (the repository's `data/` does: 95 train lists would repeat every line 94 times).
     """
     samples = [sample for other in subject_names(list_folder) if other != subject
-               for sample in load_split(list_folder, data_folder, other, "test", prefixes, strict_pairs)]
+               for sample in load_split(list_folder, data_folder, other, "test", prefixes, strict_pairs, second)]
     if not samples:
         raise UserError(f"{list_folder / RGB_LISTS / SUBJECT_LIST}: no subject besides {subject} to train on "
                         f"(and no {split_list(subject, 'train')})")
@@ -444,12 +467,13 @@ def derived_train(list_folder: Path, data_folder: Path, subject: str,
 
 
 def load_labeled(list_folder: Path, data_folder: Path, subjects: Sequence[str],
-                 prefixes: Sequence[tuple[str, str]] = (), strict_pairs: bool = False) -> list[Sample]:
+                 prefixes: Sequence[tuple[str, str]] = (), strict_pairs: bool = False,
+                 second: str | None = DEPTH_LISTS) -> list[Sample]:
     """Every labeled sample once: the union of the subjects' test lists, subject from the list."""
     samples: list[Sample] = []
     seen: dict[str, str] = {}
     for subject in subjects:
-        for sample in load_split(list_folder, data_folder, subject, "test", prefixes, strict_pairs):
+        for sample in load_split(list_folder, data_folder, subject, "test", prefixes, strict_pairs, second):
             if sample.key in seen:
                 raise UserError(f"{sample.rgb_source}: sample {sample.key} is also in the test list "
                                 f"of {seen[sample.key]}")
@@ -461,15 +485,16 @@ def load_labeled(list_folder: Path, data_folder: Path, subjects: Sequence[str],
 def load_pool(list_folder: Path, data_folder: Path, prefixes: Sequence[tuple[str, str]] = (),
               strict_pairs: bool = False, intensity_threshold: float | None = None,
               intensity_csv: str | Path | None = None,
-              exclude_subjects: Sequence[str] = ()) -> list[Sample]:
+              exclude_subjects: Sequence[str] = (), second: str = DEPTH_LISTS) -> list[Sample]:
     """The unlabeled pre-training pool, labels ignored.
 
-    Reads `v_rgb/pretrain.txt` and `v_depth/pretrain.txt`; without them, falls back to every
+    Reads `v_rgb/pretrain.txt` and the second view's (`second`: `v_depth/` or `v_gray/`)
+    `pretrain.txt`; without them, falls back to every
     subject's test list (all labeled samples, labels ignored). Intensity comes from a 4th list
     column or from `intensity_csv` (columns `key,intensity`). With `intensity_threshold` T only
     pairs with intensity >= T are kept (intensity perception) and the counts are printed.
     """
-    rgb_list, depth_list = list_folder / RGB_LISTS / POOL_LIST, list_folder / DEPTH_LISTS / POOL_LIST
+    rgb_list, depth_list = list_folder / RGB_LISTS / POOL_LIST, list_folder / second / POOL_LIST
     if rgb_list.is_file() or depth_list.is_file():
         samples = pair_views(read_list(rgb_list, data_folder, prefixes, labeled=False),
                              read_list(depth_list, data_folder, prefixes, labeled=False),
@@ -477,7 +502,7 @@ def load_pool(list_folder: Path, data_folder: Path, prefixes: Sequence[tuple[str
         print(f"pre-training pool: {len(samples)} pairs from {rgb_list} and {depth_list}")
     else:
         samples = load_labeled(list_folder, data_folder, subject_names(list_folder), prefixes,
-                               strict_pairs)
+                               strict_pairs, second)
         print(f"pre-training pool: no {POOL_LIST} in {list_folder}/v_rgb, using the "
               f"{len(samples)} labeled samples of the subjects' test lists (labels ignored)")
     if intensity_csv:
@@ -714,7 +739,8 @@ def _one_line(err: BaseException) -> str:
 
 
 class ImageStore:
-    """All samples decoded once: `rgb` (N, 3, S, S) uint8 and `depth` (N, 1, S, S) uint16.
+    """All samples decoded once: `rgb` (N, 3, S, S) uint8 and `depth` (N, 1, S, S) uint16 (the
+    second view: depth or grey; zero for RGB-only samples).
 
     With `cache_dir`, the arrays live in memory-mapped `.npy` files named by a hash of the
     sources (paths, sizes, modification times) and `load_size`, reused while they match. The
@@ -770,6 +796,8 @@ class ImageStore:
         digest = hashlib.sha1(str(self.load_size).encode())
         for sample in self.samples:
             for path in (sample.rgb_path, sample.depth_path):
+                if path is None:
+                    continue
                 stat = path.stat()
                 digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
         return digest.hexdigest()[:16]
@@ -778,7 +806,9 @@ class ImageStore:
         def one(i: int) -> None:
             sample = self.samples[i]
             self.rgb[i] = decode_rgb(sample.rgb_path, self.load_size, sample.rgb_source)
-            self.depth[i] = decode_depth(sample.depth_path, self.load_size, sample.depth_source)
+            # RGB-only data: the second view is zero, and an RGB-only evaluation never reads it
+            self.depth[i] = (0 if sample.depth_path is None else
+                             decode_depth(sample.depth_path, self.load_size, sample.depth_source))
 
         bar = tqdm(total=len(indices), desc="decoding images", unit="pair", disable=not progress,
                    leave=False)
@@ -988,7 +1018,8 @@ def add_augment_args(parser: argparse.ArgumentParser, crop_low: float, jitter: f
                        help="smallest crop area fraction of the random resized crop (1 = whole image)")
     group.add_argument("--no_flip", action="store_true", help="no random horizontal flips")
     group.add_argument("--jitter", type=float, default=jitter,
-                       help="strength of the per-view jitter of the change around mid-grey (and RGB saturation), 0 = off")
+                       help="strength of the per-view jitter of the change around mid-grey (and RGB saturation), "
+                            "0 = off")
     group.add_argument("--grayscale_p", type=float, default=grayscale_p,
                        help="probability of turning the RGB view gray")
 
@@ -1006,14 +1037,28 @@ def augment_from_args(args: argparse.Namespace, train: bool) -> PairAugment:
 # Command-line flags shared by the three entry scripts
 
 
-def add_data_args(parser: argparse.ArgumentParser, image_size: int = 224) -> None:
-    """Data and augmentation flags common to pre-training, probing and fine-tuning."""
+# Normalisation of the second view when not given: the depth defaults for depth; for grey the
+# luma (ITU-R 601) weighting of the RGB defaults, as a grey difference is the luma of an RGB one;
+# RGB-only data has a zero second view that nothing reads.
+SECOND_VIEW_STATS = {"RGB_D": (0.0423, 0.1761), "RGB_gray": (0.4471, 0.4495), "RGB": (0.0, 1.0)}
+
+
+def add_data_args(parser: argparse.ArgumentParser, image_size: int = 224,
+                  views: Sequence[str] = ("RGB_D", "RGB_gray")) -> None:
+    """Data and augmentation flags common to pre-training, probing and fine-tuning; `views` are
+    the `--view` choices (the first is the default)."""
     group = parser.add_argument_group("data")
     group.add_argument("--data_folder", type=str, required=True,
                        help="dataset root; list paths are relative to it; lists are looked for in "
-                            "DATA_FOLDER/data/v_rgb and v_depth")
+                            "DATA_FOLDER/data/v_rgb and the second view's folder")
+    group.add_argument("--view", choices=views, default=views[0],
+                       help="RGB_D: RGB + depth difference images (v_depth lists); RGB_gray: RGB + grey "
+                            "difference (v_gray lists, the published ablation)"
+                            + ("; RGB: the RGB view alone (v_rgb lists only, e.g. MEGC2019), through the RGB "
+                               "half of a dual-view encoder" if "RGB" in views else ""))
     group.add_argument("--list_folder", type=str, default=None,
-                       help="folder holding v_rgb/ and v_depth/ (default: DATA_FOLDER/data, then the repo's data/)")
+                       help="folder holding v_rgb/ and the second view's lists (default: DATA_FOLDER/data, then "
+                            "the repo's data/)")
     process_only(group.add_argument("--path_prefix", action="append", default=[], metavar="OLD=NEW",
                                     help="rewrite list paths starting with OLD to start with NEW (repeatable)"))
     group.add_argument("--strict_pairs", action="store_true",
@@ -1026,8 +1071,10 @@ def add_data_args(parser: argparse.ArgumentParser, image_size: int = 224) -> Non
                                     help="keep decoded images in memory-mapped files here (reused across runs)"))
     group.add_argument("--rgb_mean", type=float, nargs=3, default=[0.4454, 0.4474, 0.4504])
     group.add_argument("--rgb_std", type=float, nargs=3, default=[0.4474, 0.4505, 0.4502])
-    group.add_argument("--depth_mean", type=float, default=0.0423)
-    group.add_argument("--depth_std", type=float, default=0.1761)
+    group.add_argument("--depth_mean", type=float, default=None,
+                       help="mean of the second view; default 0.0423 for depth, 0.4471 for grey")
+    group.add_argument("--depth_std", type=float, default=None,
+                       help="std of the second view; default 0.1761 for depth, 0.4495 for grey")
 
 
 def finish_data_args(args: argparse.Namespace) -> None:
@@ -1041,3 +1088,7 @@ def finish_data_args(args: argparse.Namespace) -> None:
     if not Path(args.data_folder).is_dir():
         raise UserError(f"{args.data_folder}: data folder not found")
     args.prefixes = parse_prefixes(args.path_prefix)
+    args.second_view = SECOND_VIEW_LISTS[args.view]
+    mean, std = SECOND_VIEW_STATS[args.view]
+    args.depth_mean = mean if args.depth_mean is None else args.depth_mean
+    args.depth_std = std if args.depth_std is None else args.depth_std

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 import zlib
 from contextlib import contextmanager
@@ -237,7 +238,7 @@ def add_eval_args(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
                                               "when CUDA is available and --device is auto or cuda; no process group "
                                               "is formed"))
     util.process_only(group.add_argument("--no_progress", action="store_true", help="no progress bars"))
-    dataset.add_data_args(parser)
+    dataset.add_data_args(parser, views=("RGB_D", "RGB_gray", "RGB"))
     parser.set_defaults(image_size=None, **{k: None for k in NORMALISATION})
     dataset.add_augment_args(parser, crop_low=0.8, jitter=0.0, grayscale_p=0.0)
 
@@ -274,6 +275,9 @@ def finish_eval_args(args: argparse.Namespace) -> EncoderSpec:
     for key in NORMALISATION:
         if getattr(args, key) is None:
             setattr(args, key, spec.normalisation.get(key, data_defaults.get_default(key)))
+    if spec.view and args.view != "RGB" and spec.view != args.view:
+        print(f"warning: {spec.source} was pre-trained with --view {spec.view}, evaluated with --view {args.view}: "
+              "its second encoder meets another kind of image", file=sys.stderr)
     dataset.finish_data_args(args)
     if args.augment is None:
         args.augment = not args.freeze_encoder
@@ -325,14 +329,15 @@ def shard_of(items: Sequence[T], shard: Shard | None) -> list[T]:
 
 
 def default_run_name(args: argparse.Namespace, protocol: str) -> str:
-    """`<protocol>_<checkpoint>_<model>_layer<L>_<frozen|ft<mult>>[_aug][_att]_<loss>_lr<lr>_ep<E>_seed<S>[x<N>]`."""
+    """`<protocol>_<checkpoint>_<model>_layer<L>_<frozen|ft<mult>>[_aug][_att][_view<view>]_<loss>_lr<lr>
+    _ep<E>_seed<S>[x<N>]` (without the line break); the view appears unless it is RGB_D."""
     if args.model_path.lower() == "none":
         source = "random"
     else:
         path = Path(args.model_path)
         source = f"{path.parent.name}_{path.stem}" if path.parent.name else path.stem
     mode = (("frozen" if args.freeze_encoder else f"ft{args.encoder_lr_mult:g}") + ("_aug" if args.augment else "")
-            + ("_att" if args.attention == "att" else ""))
+            + ("_att" if args.attention == "att" else "") + ("" if args.view == "RGB_D" else f"_view{args.view}"))
     name = (f"{protocol}_{source}_{args.model}_layer{args.layer}_{mode}_{args.lossfunction}"
             f"_lr{args.learning_rate:g}_ep{args.epochs}_seed{args.seed}")
     return name + (f"x{args.seeds}" if args.seeds > 1 else "")
@@ -475,7 +480,7 @@ def new_extractor(args: argparse.Namespace, start: StartingPoint, device: torch.
     attention head."""
     encoder = copy.deepcopy(start.encoder).requires_grad_(True)
     return FeatureExtractor(encoder.to(device, memory_format=torch.channels_last), args.layer,
-                            maps=args.attention == "att")
+                            views=1 if args.view == "RGB" else 2, maps=args.attention == "att")
 
 
 @torch.no_grad()
@@ -556,7 +561,8 @@ def train_unit(args: argparse.Namespace, start: StartingPoint, data: EvalData, u
     record = {"unit": unit.name, "seed": seed, "n_train": len(unit.train), "n_test": len(unit.test),
               "test_subjects": sorted({s.subject for s in samples}),
               "keys": [s.key for s in samples], "subjects": [s.subject for s in samples],
-              "labels": [s.label for s in samples], "predictions": predictions.tolist(),
+              "labels": [s.label for s in samples], "dbtypes": [s.dbtype for s in samples],
+              "predictions": predictions.tolist(),
               "history": history, "seconds": round(time.time() - begin, 3)}
     return record, model
 
@@ -654,6 +660,7 @@ class Prediction(NamedTuple):
     sample: str
     label: int
     prediction: int
+    dbtype: int
 
 
 def _pooled(rows: Sequence[Prediction], n_classes: int) -> dict:
@@ -687,17 +694,16 @@ def aggregate(run: RunFolder, units: Sequence[str] | None = None, writer: Summar
     rows: list[Prediction] = []
     seen: dict[tuple[int, str], str] = {}
     for record in records:
-        for key, subject, label, prediction in zip(record["keys"], record["subjects"], record["labels"],
-                                                   record["predictions"]):
+        # unit files written before they held dbtypes are CAS(ME)^3's
+        dbtypes = record.get("dbtypes", [dataset.DBTYPE_CASME3] * len(record["keys"]))
+        for key, subject, label, prediction, dbtype in zip(record["keys"], record["subjects"], record["labels"],
+                                                           record["predictions"], dbtypes):
             if (record["seed"], key) in seen:
                 raise util.UserError(f"{run.unit_path(record['seed'], record['unit'])}: sample {key} is also "
                                      f"tested in unit {seen[record['seed'], key]}")
             seen[record["seed"], key] = record["unit"]
-            rows.append(Prediction(record["seed"], record["unit"], subject, key, label, prediction))
-    per_seed = {}
-    for seed in sorted({r.seed for r in rows}):
-        metrics = _pooled([r for r in rows if r.seed == seed], n_classes)
-        per_seed[str(seed)] = {k: metrics[k] for k in ("acc", "uf1", "uar", "n")}
+            rows.append(Prediction(record["seed"], record["unit"], subject, key, label, prediction, dbtype))
+    per_seed = _per_seed(rows, n_classes)
     units = {}
     for name in sorted({r.unit for r in rows}, key=_natural_key):
         unit_rows = [r for r in rows if r.unit == name]
@@ -707,11 +713,14 @@ def aggregate(run: RunFolder, units: Sequence[str] | None = None, writer: Summar
                         "subjects": sorted({r.subject for r in unit_rows}, key=_natural_key)})
     pooled = _pooled(rows, n_classes)
     missing = [f"seed{s}/{u}" for s in seeds for u in info["units"] if u not in units]
-    results = {"protocol": info["protocol"]}
-    for metric in ("acc", "uf1", "uar"):
-        values = [m[metric] for m in per_seed.values()]
-        results[metric] = float(np.mean(values))
-        results[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    results = {"protocol": info["protocol"], **_seed_mean(per_seed)}
+    databases = sorted({r.dbtype for r in rows})
+    if len(databases) > 1:
+        results["per_database"] = {
+            dataset.DATABASES.get(db, f"dbtype{db}"): {
+                **_seed_mean(_per_seed([r for r in rows if r.dbtype == db], n_classes)),
+                "dbtype": db, "n_samples": len({r.sample for r in rows if r.dbtype == db})}
+            for db in databases}
     results.update({"n_samples": len({r.sample for r in rows}), "seeds": per_seed, kind: units,
                     "class_names": info["class_names"], "classes_present": pooled["classes_present"],
                     "confusion": pooled["confusion"], "complete": not missing, "missing": missing,
@@ -724,6 +733,25 @@ def aggregate(run: RunFolder, units: Sequence[str] | None = None, writer: Summar
         for metric in ("acc", "uf1", "uar"):
             writer.add_scalar(f"pooled/{metric}", results[metric], len(done))
     return results
+
+
+def _per_seed(rows: Sequence[Prediction], n_classes: int) -> dict[str, dict]:
+    """acc/UF1/UAR/n of each seed's predictions pooled (MEGC convention), keyed by seed."""
+    per_seed = {}
+    for seed in sorted({r.seed for r in rows}):
+        metrics = _pooled([r for r in rows if r.seed == seed], n_classes)
+        per_seed[str(seed)] = {k: metrics[k] for k in ("acc", "uf1", "uar", "n")}
+    return per_seed
+
+
+def _seed_mean(per_seed: dict[str, dict]) -> dict:
+    """Mean and sample std over seeds of acc, UF1 and UAR (std 0 for one seed)."""
+    out = {}
+    for metric in ("acc", "uf1", "uar"):
+        values = [m[metric] for m in per_seed.values()]
+        out[metric] = float(np.mean(values))
+        out[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return out
 
 
 def _natural_key(name: str) -> tuple:

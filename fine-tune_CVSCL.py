@@ -30,7 +30,7 @@ DEFAULTS = evaluation.Defaults(epochs=30, learning_rate=0.01, batch_size=32, wei
 
 
 def parse_option(argv: list[str] | None = None) -> tuple[argparse.Namespace, evaluation.EncoderSpec]:
-    parser = argparse.ArgumentParser(
+    parser = util.ArgumentParser(
         "fine-tune_CVSCL.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Leave-one-subject-out fine-tuning (or, with --freeze_encoder, linear evaluation) of a "
                     "DVSCL encoder. Pooled acc/UF1/UAR over all subjects; results.json in SAVE_PATH/<run name>/. "
@@ -64,10 +64,10 @@ def loso_protocol(args: argparse.Namespace) -> evaluation.Protocol:
     sample in its own training list, or a training sample of the test subject, is an error.
     """
     data_folder = Path(args.data_folder)
-    list_folder = dataset.find_list_folder(data_folder, args.list_folder)
+    list_folder = dataset.find_list_folder(data_folder, args.list_folder, args.second_view)
     all_subjects = dataset.subject_names(list_folder)
     chosen = select_subjects(args.subjects, all_subjects, list_folder)
-    load = dict(prefixes=args.prefixes, strict_pairs=args.strict_pairs)
+    load = dict(prefixes=args.prefixes, strict_pairs=args.strict_pairs, second=args.second_view)
     samples = dataset.load_labeled(list_folder, data_folder, all_subjects, **load)
     position = {s.key: i for i, s in enumerate(samples)}
     units = []
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Run (or resume) the LOSO evaluation; returns the results dict written to results.json."""
     args, spec = parse_option(argv)
     if args.list_subjects or args.aggregate_only:
-        list_folder = dataset.find_list_folder(args.data_folder, args.list_folder)
+        list_folder = dataset.find_list_folder(args.data_folder, args.list_folder, args.second_view)
         subjects = select_subjects(args.subjects, dataset.subject_names(list_folder), list_folder)
         if args.aggregate_only:
             return evaluation.run_aggregate_only(args, PROTOCOL, subjects)

@@ -33,7 +33,7 @@ STAT_NAMES = ("loss", "rgb_loss", "depth_loss", "rgb_prob", "depth_prob")
 
 
 def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = util.ArgumentParser(
         "pre-train_CVSCL.py", description="DVSCL pre-training on RGB/depth difference-image pairs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     util.process_only(parser.add_argument("--print_freq", type=int, default=10,
@@ -107,15 +107,16 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def default_run_name(args: argparse.Namespace) -> str:
-    """The published name, `memory_<method>_<K>_<model>_lr_<lr>_decay_<wd>_bsz_<B>[_amp_<level>]_view_RGB_D`,
-    then what the README's recipes vary so that they never share a folder:
+    """The published name,
+    `memory_<method>_<K>_<model>_lr_<lr>_decay_<wd>_bsz_<B>[_amp_<level>]_view_<view>`, then what
+    the README's recipes vary so that they never share a folder:
     `[_int_<threshold>][_excl_<subjects>]_seed<S>` (more than three excluded subjects as their
     count and a digest of the list)."""
     name = (f"memory_{args.method}_{args.nce_k}_{args.model}_lr_{args.learning_rate}"
             f"_decay_{args.weight_decay}_bsz_{args.batch_size}")
     if args.amp:
         name += f"_amp_{args.opt_level}"
-    name += "_view_RGB_D"
+    name += f"_view_{args.view}"
     if args.intensity_threshold is not None:
         name += f"_int_{args.intensity_threshold:g}"
     excluded = sorted({dataset.subject_name(s) for s in args.exclude_subjects.split(",") if s.strip()})
@@ -358,19 +359,28 @@ class Recorder:
 
     def __init__(self, args: argparse.Namespace, start_epoch: int, resumed_stats: dict | None = None) -> None:
         self.folder = Path(args.model_folder)
+        # A resumed run hides TensorBoard steps from its checkpoint's epoch on (logged by the crashed
+        # run, or never), then writes that epoch again from the checkpoint: each epoch shows once.
+        purge = start_epoch - 1 if resumed_stats is not None else start_epoch if start_epoch > 1 else None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self.writer = SummaryWriter(args.tb_folder)
+            self.writer = SummaryWriter(args.tb_folder, purge_step=purge)
         except OSError as err:
             raise util.UserError(f"{err.filename or args.model_folder}: cannot write here ({err.strerror})") from None
-        for name in ("last.pth", *(p.name for p in self.folder.glob("ckpt_epoch_*.pth")), "log.jsonl"):
-            for leftover in util.remove_stale_temporaries(self.folder / name):
-                print(f"removed {leftover}, left by an interrupted save")
+        for leftover in util.remove_stale_temporaries(self.folder):
+            print(f"removed {leftover}, left by an interrupted save")
         self.save_freq, self.epochs, self.last_interval = args.save_freq, args.epochs, args.last_interval
         self.last_saved = time.monotonic()
         self.log_path = self.folder / "log.jsonl"
         self._log_up_to(start_epoch - 1, resumed_stats)
+        if resumed_stats is not None:
+            self._scalars(start_epoch - 1, resumed_stats)
         self.log = self.log_path.open("a")
+
+    def _scalars(self, epoch: int, stats: dict) -> None:
+        for name, value in stats.items():
+            self.writer.add_scalar(name, value, epoch)
+        self.writer.flush()
 
     def _log_up_to(self, last_epoch: int, last_stats: dict | None) -> None:
         """Make the log end with `last_epoch`, the checkpoint's: drop lines of later epochs (logged
@@ -393,9 +403,7 @@ class Recorder:
         if numbered or time.monotonic() - self.last_saved >= self.last_interval:
             util.atomic_save(state, self.folder / "last.pth")
             self.last_saved = time.monotonic()
-        for name, value in stats.items():
-            self.writer.add_scalar(name, value, epoch)
-        self.writer.flush()
+        self._scalars(epoch, stats)
         self.log.write(json.dumps({"epoch": epoch, **stats}) + "\n")
         self.log.flush()
         print(f"epoch {epoch}: loss {stats['loss']:.4f} (rgb {stats['rgb_loss']:.4f}, depth "
@@ -432,10 +440,10 @@ def run(args: argparse.Namespace, device: torch.device) -> Path:
     print(f"git revision {util.git_revision()}")
     print("arguments: " + ", ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
 
-    list_folder = dataset.find_list_folder(args.data_folder, args.list_folder)
+    list_folder = dataset.find_list_folder(args.data_folder, args.list_folder, args.second_view)
     exclude = [s for s in args.exclude_subjects.split(",") if s]
     pool = dataset.load_pool(list_folder, Path(args.data_folder), args.prefixes, args.strict_pairs,
-                             args.intensity_threshold, args.intensity_csv, exclude)
+                             args.intensity_threshold, args.intensity_csv, exclude, args.second_view)
     global_batch = args.batch_size * world
     if len(pool) < global_batch:
         raise util.UserError(f"{list_folder}: the pool has {len(pool)} pairs, fewer than the global batch "

@@ -13,7 +13,7 @@ import tempfile
 from contextlib import contextmanager, nullcontext, redirect_stdout
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, ContextManager, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterator, NoReturn, Sequence
 
 import numpy as np
 import torch
@@ -54,6 +54,14 @@ def keep_freed_memory() -> bool:
         return False
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line, like every other error of the suite
+    (the full usage is one `--help` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def run_cli(main: Callable[[], Any]) -> None:
     """Run an entry point; a `UserError` becomes one `error: ...` line on stderr and exit code 2."""
     try:
@@ -87,8 +95,11 @@ def load_script(file_name: str) -> ModuleType:
     return sys.modules[name]
 
 
+_TEMPORARY_MARK = ".tmp."  # atomic writes go through `.<name>.tmp.<random>` beside the target
+
+
 def _temporary_prefix(path: Path) -> str:
-    return f".{path.name}.tmp."
+    return f".{path.name}{_TEMPORARY_MARK}"
 
 
 def _atomic_replace(path: Path, write: Callable[[str], None]) -> None:
@@ -117,12 +128,12 @@ def _atomic_replace(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
-def remove_stale_temporaries(path: str | Path) -> list[Path]:
-    """Delete the temporary files an interrupted atomic write of `path` left beside it (a process
-    killed mid-save cannot remove its own); returns what was removed. Call it only where no other
-    process writes `path`."""
-    path = Path(path)
-    stale = sorted(path.parent.glob(_temporary_prefix(path) + "*")) if path.parent.is_dir() else []
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that interrupted atomic writes left in `folder` (a process killed
+    mid-save cannot remove its own); returns what was removed. Call it only where no other process
+    writes into `folder`."""
+    folder = Path(folder)
+    stale = sorted(folder.glob(f".*{_TEMPORARY_MARK}*")) if folder.is_dir() else []
     for leftover in stale:
         leftover.unlink(missing_ok=True)
     return stale

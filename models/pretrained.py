@@ -30,8 +30,8 @@ class EncoderSpec:
 
     `state` holds clean keys (`rgb_to_d.…`, `d_to_rgb.…`); None means random initialisation,
     drawn from the run's seed. `image_size` and `normalisation` (rgb_mean, rgb_std, depth_mean,
-    depth_std) are the pre-training input size and statistics, where the checkpoint records them;
-    `digest` is the checkpoint file's SHA-1 ('' for random).
+    depth_std) are the pre-training input size and statistics and `view` its `--view`, where the
+    checkpoint records them; `digest` is the checkpoint file's SHA-1 ('' for random).
     """
     name: str
     feat_dim: int
@@ -40,6 +40,7 @@ class EncoderSpec:
     image_size: int | None = None
     normalisation: dict = field(default_factory=dict)
     digest: str = ""
+    view: str | None = None
 
     def build(self, seed: int) -> TwoViewEncoder:
         """A new encoder: the checkpoint's weights, or a random init seeded by `seed`."""
@@ -83,8 +84,10 @@ def load_encoder_spec(model_path: str, model: str | None = None, feat_dim: int |
     image_size = stored.get("image_size")
     normalisation = {k: stored[k] for k in NORMALISATION if stored.get(k) is not None}
     digest = hashlib.sha1(Path(model_path).read_bytes()).hexdigest()
+    view = stored.get("view")
     return EncoderSpec(name, int(feat_dim), state, str(model_path),
-                       int(image_size) if isinstance(image_size, int) else None, normalisation, digest)
+                       int(image_size) if isinstance(image_size, int) else None, normalisation, digest,
+                       view if isinstance(view, str) else None)
 
 
 def _strip_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:

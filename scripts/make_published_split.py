@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataset import (CLASS_LIST, DEFAULT_CLASS_NAMES, DEPTH_LISTS, LIST_FOLDER, RGB_LISTS,  # noqa: E402
                      SUBJECT_LIST, list_line, sample_key, split_list, subject_of, write_list)
-from util import REPO_ROOT, UserError, run_cli  # noqa: E402
+from util import REPO_ROOT, ArgumentParser, UserError, run_cli  # noqa: E402
 
 GRAY_LISTS = "v_gray"
 VIEWS = ((RGB_LISTS, "rgb"), (DEPTH_LISTS, "depth"), (GRAY_LISTS, "gray"))  # (list folder, CSV column)
@@ -85,7 +85,7 @@ def stale_lists(out: Path, files: dict[str, list[str]]) -> list[Path]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `scripts/make_published_split.py`."""
-    parser = argparse.ArgumentParser(description="Write the published CAS(ME)^3 LOSO split (test lists of 95 "
+    parser = ArgumentParser(description="Write the published CAS(ME)^3 LOSO split (test lists of 95 "
                                                  "subjects in three views) from its CSV into a list folder.")
     parser.add_argument("--csv", required=True, help="the split as a CSV: key, subject, label, dbtype, rgb, depth, gray")
     parser.add_argument("--out", default=str(REPO_ROOT / LIST_FOLDER), help="list folder to write")

@@ -14,12 +14,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataset import RGB_GAIN  # noqa: E402
 from scripts.datatools.megc2019.prepare import Settings, prepare  # noqa: E402
-from util import run_cli  # noqa: E402
+from util import ArgumentParser, run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `scripts/prepare_megc2019.py`."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Prepare the MEGC2019 composite database for DVSCL: RGB onset-apex difference images of "
                     "SMIC-HS, CASME II and SAMM, 3 classes (negative, positive, surprise), and LOSO lists over "
                     "subjects named per database (smic_s1, casme2_sub01, samm_006).")

@@ -31,3 +31,17 @@ def test_sweep_two_workers_then_table(synthetic_data: Path, tmp_path: Path) -> N
     header, rule, row = table.stdout.strip().splitlines()
     assert header.split()[-4:] == ["acc", "UF1", "UAR", "n"]
     assert row.startswith("random init, frozen") and f"{results['uf1']:.3f}" in row
+
+
+def test_results_table_pools_runs_as_mean_and_std(tmp_path: Path) -> None:
+    """Several runs (one per pre-training seed) in one row: mean ± sample std of their metrics."""
+    from scripts import results_table
+
+    paths = []
+    for i, (acc, uf1, uar) in enumerate([(0.5, 0.4, 0.3), (0.7, 0.6, 0.5)]):
+        path = tmp_path / f"run{i}.json"
+        path.write_text(json.dumps({"protocol": "loso", "acc": acc, "uf1": uf1, "uar": uar, "n_samples": 10,
+                                    "seeds": {"0": {}}, "complete": True}))
+        paths.append(str(path))
+    [row] = results_table.read_rows("DVSCL=" + ",".join(paths))
+    assert row == ["DVSCL", "LOSO", "0.600 ± 0.141", "0.500 ± 0.141", "0.400 ± 0.141", "10"]
