@@ -140,8 +140,14 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """`torch.save` that never leaves a half-written file at `path`."""
-    _atomic_replace(Path(path), lambda tmp: torch.save(obj, tmp))
+    """`torch.save` that never leaves a half-written file at `path`. It writes through a file
+    object, so the archive inside is named `archive` rather than after the temporary file, and
+    equal states give equal bytes (and equal checkpoint digests) whatever the file is called."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+
+    _atomic_replace(Path(path), write)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -97,7 +97,7 @@ def test_failed_save_keeps_the_previous_file(tmp_path: Path, monkeypatch) -> Non
     util.atomic_save({"epoch": 1}, target)
 
     def full_disk(obj, f, *args, **kwargs):
-        Path(f).write_bytes(b"partial")
+        f.write(b"partial")
         raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0: file write failed")
 
     monkeypatch.setattr(torch, "save", full_disk)
