@@ -149,9 +149,10 @@ class ContrastMemory(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if prefix + "z_t" in state_dict:
+        z_t = state_dict.get(prefix + "z_t")
+        if z_t is not None and z_t.numel() == 1:  # another shape is an error load_state_dict reports
             # Read from the state dict (usually on the CPU), not from the buffer on the device.
-            self._z_t_host = float(state_dict[prefix + "z_t"])
+            self._z_t_host = float(z_t)
 
     def sync_banks(self) -> None:
         """Broadcast both banks from rank 0 (no-op in one process); done by the first forward."""
