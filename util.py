@@ -246,20 +246,6 @@ def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-class AverageMeter:
-    """Running average of a scalar."""
-
-    def __init__(self) -> None:
-        self.val = self.avg = self.sum = 0.0
-        self.count = 0
-
-    def update(self, val: float, n: int = 1) -> None:
-        self.val = val
-        self.sum += val * n
-        self.count += n
-        self.avg = self.sum / self.count
-
-
 def step_lr(epoch: int, base_lr: float, decay_epochs: list[int], decay_rate: float) -> float:
     """Step schedule of the original: `base_lr * decay_rate ** (number of decay epochs passed)`."""
     return base_lr * decay_rate ** sum(epoch > e for e in decay_epochs)
