@@ -995,8 +995,7 @@ class PairAugment:
             torch.where(grayscale > 0, _gray(rgb, luma), rgb, out=rgb)
 
 
-# ITU-R 601 luma weights of R, G, B.
-LUMA = torch.tensor([0.299, 0.587, 0.114])
+LUMA = torch.tensor(LUMA_WEIGHTS)
 
 
 def _amplitude_(x: torch.Tensor, factor: torch.Tensor) -> None:

@@ -23,11 +23,10 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dataset import (CLASS_LIST, DEFAULT_CLASS_NAMES, DEPTH_LISTS, LIST_FOLDER, RGB_LISTS,  # noqa: E402
+from dataset import (CLASS_LIST, DEFAULT_CLASS_NAMES, DEPTH_LISTS, GRAY_LISTS, LIST_FOLDER, RGB_LISTS,  # noqa: E402
                      SUBJECT_LIST, list_line, sample_key, split_list, subject_of, write_list)
 from util import REPO_ROOT, ArgumentParser, UserError, run_cli  # noqa: E402
 
-GRAY_LISTS = "v_gray"
 VIEWS = ((RGB_LISTS, "rgb"), (DEPTH_LISTS, "depth"), (GRAY_LISTS, "gray"))  # (list folder, CSV column)
 COLUMNS = ("key", "subject", "label", "dbtype", "rgb", "depth", "gray")
 CLASSES = DEFAULT_CLASS_NAMES[4]
