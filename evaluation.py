@@ -186,6 +186,13 @@ def add_eval_args(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
     group.add_argument("--no_head_bn", dest="head_bn", action="store_false",
                        help="no BatchNorm (without affine parameters) standardising the features before the "
                             "linear head; without it the probe depends on the scale of the features")
+    group.add_argument("--bn_stats", choices=("training_set", "running"), default="training_set",
+                       help="batch-norm statistics at test time: training_set re-estimates, after the last epoch, "
+                            "the mean and variance of every batch norm that trained (the head's, and the "
+                            "encoder's when fine-tuned) over the training samples under the test transform; "
+                            "running keeps PyTorch's running averages, which after the few dozen steps of a "
+                            "small labeled set still carry their start at mean 0 / variance 1 "
+                            "(docs/evaluation-recipe.md)")
     group.add_argument("--optimizer", choices=("sgd", "adam"), default=defaults.optimizer)
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     group.add_argument("--weight_decay", type=float, default=defaults.weight_decay)
@@ -626,7 +633,36 @@ def fit(args: argparse.Namespace, model: Classifier, fetch: Fetch, data: EvalDat
         train_acc = (torch.cat(logits_seen).argmax(1) == targets).float().mean().item()
         scheduler.step()
         history.append({"epoch": epoch, "loss": mean_loss, "train_acc": train_acc, "lr": lr})
+    if args.bn_stats == "training_set":
+        reestimate_batch_norm(args, model, fetch, data, train_index.to(data.device) if fetch_on_device else train_index)
     return history
+
+
+@torch.no_grad()
+def reestimate_batch_norm(args: argparse.Namespace, model: Classifier, fetch: Fetch, data: EvalData,
+                          train_index: Tensor) -> None:
+    """Replace the running statistics of every batch norm that trains (the head's; the encoder's
+    unless frozen) by their mean over the training samples `train_index` (N,), in batches of
+    `--batch_size`, under the test transform, as the test samples will be seen.
+
+    PyTorch's running averages start at mean 0 and variance 1 and keep 0.9 ** steps of that start:
+    after the 60-90 steps of a few hundred labeled samples, a feature of variance 1e-4 (a random
+    encoder's are that small) is still standardised as if its variance were 1e-3 or more, so at
+    test time its values shrink towards zero and the head's bias decides.
+    """
+    model.train()
+    norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.training]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average: every batch counts alike
+    for batch in dataset.iterate_batches(len(train_index), args.batch_size, False, False):
+        if len(batch) >= 2:
+            with autocast(args, data.device):
+                model(fetch(train_index[batch], False, None))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.eval()
 
 
 @torch.no_grad()

@@ -194,6 +194,45 @@ def test_frozen_classifier_trains_head_only() -> None:
         evaluation.assert_unchanged(encoder, before, "test")
 
 
+def test_batch_norm_statistics_are_reestimated_on_the_training_set() -> None:
+    torch.manual_seed(0)
+    # variance 1e-4 per feature, as a random encoder's features have
+    features = 1e-2 * torch.randn(40, 8) + torch.linspace(0.0, 1.0, 8)
+    head = LinearModel.make_head(8, 2, batch_norm=True)
+    model = LinearModel.Classifier(head).train()
+    with torch.no_grad():
+        for _ in range(20):  # 20 steps of momentum 0.1 keep 0.9 ** 20 = 12 % of the start at variance 1
+            model(features)
+    assert head[0].running_var.min() > 0.1
+    args = argparse.Namespace(batch_size=40, amp=False, opt_level="O2")
+    data = argparse.Namespace(device=torch.device("cpu"))
+    evaluation.reestimate_batch_norm(args, model, lambda index, train, generator: features[index], data,
+                                     torch.arange(40))
+    assert torch.allclose(head[0].running_mean, features.mean(0), atol=1e-6)
+    assert torch.allclose(head[0].running_var, features.var(0), rtol=1e-4)
+    assert head[0].momentum == 0.1 and not model.training
+
+
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "fine-tuned"])
+def test_batch_norm_reestimation_leaves_a_frozen_encoder_alone(frozen: bool) -> None:
+    torch.manual_seed(0)
+    encoder = build_model("alexnet", feat_dim=16)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    extractor = LinearModel.FeatureExtractor(encoder, 5)
+    model = LinearModel.Classifier(LinearModel.make_head(extractor.out_dim(64), 3, True), extractor, frozen=frozen)
+    images = torch.randn(6, 4, 64, 64)
+    args = argparse.Namespace(batch_size=3, amp=False, opt_level="O2")
+    evaluation.reestimate_batch_norm(args, model, lambda index, train, generator: images[index],
+                                     argparse.Namespace(device=torch.device("cpu")), torch.arange(6))
+    assert model.head[0].num_batches_tracked.item() == 2
+    if frozen:
+        evaluation.assert_unchanged(encoder, before, "test")
+    else:
+        norm = encoder.rgb_to_d.conv_block_1[1]
+        assert norm.num_batches_tracked.item() == 2 and not torch.equal(norm.running_var, before[
+            "rgb_to_d.conv_block_1.1.running_var"])
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 

@@ -33,7 +33,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 DOCS = ["README.md", "docs/casme3-preparation.md", "docs/design.md", "docs/options.md",
         "docs/distributed.md", "docs/synthetic-data.md", "docs/benchmarks.md",
-        "docs/differences-from-published.md", "docs/megc2019.md", "docs/gpu.md", "data/README.md"]
+        "docs/differences-from-published.md", "docs/megc2019.md", "docs/gpu.md", "docs/evaluation-recipe.md",
+        "data/README.md"]
 FENCE = re.compile(r"^\s*(```|~~~)")
 HEREDOC = re.compile(r"<<-?\s*['\"]?(\w+)['\"]?")
 SHELL_VALUE = re.compile(r"\$\([^()]*\)|\$\{[^}]*\}|\$\w+")  # $(...), ${...}, $VAR
