@@ -13,6 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.datatools.synthetic import generate as synthetic  # noqa: E402  (after the sys.path line)
+from scripts.datatools.synthetic.regime import (REGIMES, knob_help, knob_names,  # noqa: E402
+                                                make_regime)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,14 +40,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image_size", type=int, default=72, help="square image side in pixels")
     parser.add_argument("--classes", type=int, choices=(3, 4), default=4,
                         help="4: negative, others, positive, surprise; 3: others dropped")
-    parser.add_argument("--low_intensity_share", type=float, default=0.4,
-                        help="share of pool pairs without facial movement (noise and head motion only)")
     parser.add_argument("--apex_equals_onset_share", type=float, default=0.05,
                         help="share of labeled samples with apex == onset (all-zero difference)")
     parser.add_argument("--label_noise", type=float, default=0.1,
                         help="share of labeled samples whose movement belongs to another class")
     parser.add_argument("--depth_bits", type=int, choices=(8, 16), default=8,
                         help="depth difference PNG bit depth (8: 128 + 16/mm, 16: 32768 + 64/mm)")
+    parser.add_argument("--motion_compensation", action="store_true",
+                        help="register the apex frame to the onset frame (global rigid motion, OpenCV ECC) "
+                             "before differencing and measuring intensity, as prepare_casme3.py does")
+    nuisance = parser.add_argument_group(
+        "regime (nuisances)", "--regime picks a preset; each flag below overrides one of its values "
+                              "(default: the preset's, shown per regime)")
+    nuisance.add_argument("--regime", choices=tuple(REGIMES), default="default",
+                          help="default: the face almost still between onset and apex; realistic: head motion, "
+                               "blinks in every class, pose jitter, low amplitude, a third of the pool without "
+                               "action (docs/synthetic-data.md)")
+    for name in knob_names():
+        presets = ", ".join(f"{regime} {getattr(values, name):.3g}" for regime, values in REGIMES.items())
+        nuisance.add_argument(f"--{name}", type=float, default=None, help=f"{knob_help(name)} ({presets})")
     return parser.parse_args(argv)
 
 
@@ -56,7 +69,9 @@ def format_summary(summary: dict, out: Path) -> str:
     per_subject = ", ".join(f"{name} {count}" for name, count in labeled["per_subject"].items())
     return "\n".join([
         f"wrote {out} in {summary['seconds']:.1f} s (seed {args['seed']}, {args['image_size']} px, "
-        f"{args['n_classes']} classes, {args['depth_bits']}-bit depth)",
+        f"{args['n_classes']} classes, {args['depth_bits']}-bit depth"
+        f"{', motion-compensated' if args['motion_compensation'] else ''})",
+        "regime: " + ", ".join(f"{name} {value:.3g}" for name, value in args["regime"].items()),
         f"labeled: {labeled['total']} samples, {len(summary['subjects'])} subjects; {per_class}; "
         f"apex == onset {labeled['apex_equals_onset']}, label noise {labeled['label_noise']}",
         f"per subject: {per_subject}",
@@ -76,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = synthetic.generate_dataset(
             args.out, seed=args.seed, n_subjects=args.subjects, samples_per_subject=args.samples_per_subject,
             pool_per_subject=args.pool_per_subject, pool_only_subjects=args.pool_only_subjects,
-            image_size=args.image_size, n_classes=args.classes, low_intensity_share=args.low_intensity_share,
+            image_size=args.image_size, n_classes=args.classes,
             apex_equals_onset_share=args.apex_equals_onset_share, label_noise=args.label_noise,
-            depth_bits=args.depth_bits)
+            depth_bits=args.depth_bits, motion_compensation=args.motion_compensation,
+            regime=make_regime(args.regime, **{name: getattr(args, name) for name in knob_names()}))
     except synthetic.SyntheticError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

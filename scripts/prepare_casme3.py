@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--depth_gain", type=float, default=DEPTH_GAIN[8],
                         help="grey levels per raw depth unit (mm): pixel = 128 + gain * (apex - onset); "
                              "the default saturates at +-8 mm (as the synthetic data)")
+    images.add_argument("--motion_compensation", action="store_true",
+                        help="register the apex frame to the onset frame (global rigid motion, OpenCV ECC on the "
+                             "cropped grey frames) before measuring intensity and differencing, so that head "
+                             "motion leaves no edges in the difference images (docs/casme3-preparation.md)")
 
     pool = parser.add_argument_group("unlabeled pre-training pool")
     pool.add_argument("--pool", choices=("auto", "none", "a", "b", "ab"), default="auto",

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from dataset import encode_difference, encode_gray_difference, write_png
+from scripts.datatools.registration import compensate, estimate_motion
 
 MEASURES = ("mad", "flow", "au")
 Box = tuple[int, int, int, int]  # x, y, width, height in pixels
@@ -105,18 +106,20 @@ def detect_face(gray: np.ndarray, max_side: int = 480) -> Box | None:
             int(round(h / scale)))
 
 
-def crop_resize(image: np.ndarray, box: Box, size: tuple[int, int] | None) -> np.ndarray:
+def crop_resize(image: np.ndarray, box: Box, size: tuple[int, int] | None, nearest: bool = False) -> np.ndarray:
     """Crop (H, W[, C]) `image` to `box` and resize to (width, height) `size` (None: keep), float32.
 
-    Area interpolation when shrinking, bilinear when enlarging. Resizing is linear, so the
-    resized difference of two crops equals the difference of the resized crops.
+    Area interpolation when shrinking, bilinear when enlarging, nearest neighbour with `nearest`.
+    Resizing is linear, so the resized difference of two crops equals the difference of the
+    resized crops.
     """
     x, y, w, h = box
     crop = np.ascontiguousarray(image[y:y + h, x:x + w], dtype=np.float32)
     if size is None or size == (w, h):
         return crop
     shrink = size[0] <= w and size[1] <= h
-    return cv2.resize(crop, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    method = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(crop, size, interpolation=method)
 
 
 def to_gray(bgr: np.ndarray) -> np.ndarray:
@@ -154,13 +157,15 @@ class ImageSettings:
 
     `crop`: 'face' (Haar cascade on the first RGB frame, squared, `crop_margin` of the side added on
     each side), 'box' (a given box) or 'none' (whole frame). `image_size`: output side in pixels,
-    0 keeps the crop's own size.
+    0 keeps the crop's own size. `motion_compensation`: the cropped frames are registered
+    (`scripts.datatools.registration`) before they are measured and differenced.
     """
     crop: str
     crop_margin: float
     image_size: int
     rgb_gain: float
     depth_gain: float
+    motion_compensation: bool = False
 
 
 @dataclass(frozen=True)
@@ -289,6 +294,12 @@ def process_pair(task: PairTask) -> PairResult:
     side = task.settings.image_size
     size = (side, side) if side else None
     first, second = crop_resize(rgb_first, box, size), crop_resize(rgb_second, box, size)
+    motion = estimate_motion(to_gray(first), to_gray(second)) if task.settings.motion_compensation else None
+    if motion is not None:
+        if not motion.converged:
+            notes.append(("no_registration", f"{task.rgb_first} and {task.rgb_second} could not be registered: "
+                                             f"differenced without motion compensation"))
+        first, second = compensate(first, second, motion)
     mad = mean_abs_difference(first, second)
     flow = flow_magnitude(to_gray(first), to_gray(second))
     if below(intensity_of(task.measure, mad, flow, task.au_change), task.min_intensity):
@@ -302,7 +313,13 @@ def process_pair(task: PairTask) -> PairResult:
         notes.append(("depth_size", f"depth frame {task.depth_first} is {depth_size[0]}x{depth_size[1]}, "
                                     f"RGB {rgb_size[0]}x{rgb_size[1]}: crop box scaled"))
     out_size = (first.shape[1], first.shape[0])
-    depth_diff = crop_resize(depth_difference(depth_first, depth_second), depth_box, out_size)
+    if motion is None:
+        depth_diff = crop_resize(depth_difference(depth_first, depth_second), depth_box, out_size)
+    else:
+        # 0 marks a missing depth value: cropped with nearest neighbours, so that no hole is blended
+        # into a measurement before the registration keeps holes out of its interpolation
+        depth_diff = depth_difference(*compensate(*(crop_resize(frame, depth_box, out_size, nearest=True)
+                                                     for frame in (depth_first, depth_second)), motion, holes=True))
     # frames are BGR as OpenCV reads them; the PNG holds RGB
     rgb_diff = (second - first)[..., ::-1]
     write_png(task.rgb_out, encode_difference(rgb_diff, task.settings.rgb_gain))

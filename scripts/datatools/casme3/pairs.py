@@ -109,6 +109,10 @@ def _imap(tasks: list[ci.PairTask], workers: int) -> Iterator[ci.PairResult]:
         yield from pool.imap_unordered(ci.process_pair, tasks, chunksize=chunk)
 
 
+# what a folder prepared before a setting was recorded was made with
+SETTINGS_BEFORE_RECORDED = {"motion_compensation": False}
+
+
 def check_cache(settings: Settings) -> None:
     """Refuse to mix images made with other image settings in one output folder; `--overwrite`
     discards the cache instead, so that every pair is recomputed."""
@@ -118,13 +122,15 @@ def check_cache(settings: Settings) -> None:
     current = {"crop": image.crop, "crop_margin": image.crop_margin, "image_size": image.image_size,
                "rgb_gain": image.rgb_gain, "depth_gain": image.depth_gain,
                "box_file_sha1": hashlib.sha1(Path(box_file).read_bytes()).hexdigest() if box_file else None}
+    current["motion_compensation"] = image.motion_compensation
     path = cache / "settings.json"
     if settings.overwrite:
         for name in ("settings.json", *(_cache_name(stage) for stage in STAGES)):
             (cache / name).unlink(missing_ok=True)
     elif path.is_file():
         previous = json.loads(path.read_text())
-        changed = [f"{k} {previous.get(k)!r} -> {v!r}" for k, v in current.items() if previous.get(k) != v]
+        recorded = {**SETTINGS_BEFORE_RECORDED, **previous}
+        changed = [f"{k} {recorded.get(k)!r} -> {v!r}" for k, v in current.items() if recorded.get(k) != v]
         if changed:
             raise UserError(f"{settings.out} was prepared with other settings ({'; '.join(changed)}); "
                             f"use a new --out or add --overwrite")

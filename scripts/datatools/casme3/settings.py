@@ -38,6 +38,7 @@ class Settings:
     crop_margin: float
     rgb_gain: float
     depth_gain: float
+    motion_compensation: bool
     pool: str
     part_b_root: str | None
     pool_exclude: tuple[str, ...]
@@ -69,7 +70,7 @@ class Settings:
     def image_settings(self) -> ImageSettings:
         """What changes the written images (the crop margin only counts for a face crop)."""
         return ImageSettings(self.crop, self.crop_margin if self.crop == "face" else 0.0, self.image_size,
-                             self.rgb_gain, self.depth_gain)
+                             self.rgb_gain, self.depth_gain, self.motion_compensation)
 
 
 def _inside(path: Path, folder: Path) -> bool:

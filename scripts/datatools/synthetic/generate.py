@@ -15,11 +15,16 @@ share ``label_noise`` carries the AU pattern of another class than its label, as
 emotions are noisy.
 
 The unlabeled pre-training pool holds pairs of the labeled subjects and of ``pool_only_subjects``
-extra subjects (as CAS(ME)^3 part B). A share ``low_intensity_share`` of them has no AU at all (noise,
-head motion and flicker only); the others carry 1-3 random AUs. Its intensity column is measured,
+extra subjects (as CAS(ME)^3 part B). A share ``regime.low_intensity_share`` of them has no AU at all
+(noise, head motion, flicker and the regime's blinks only); the others carry 1-3 random AUs. Its intensity column is measured,
 not the hidden truth: the mean absolute RGB difference of the two 8-bit frames (0..255 units,
 averaged over channels) inside the face region. A threshold separates most noise-only pairs from AU
 pairs, not all. ``casme3_pool/ground_truth.csv`` holds the truth (``has_motion``, AU list).
+
+The ``regime`` (`scripts.datatools.synthetic.regime`) sets the nuisances: pose jitter, head motion
+between onset and apex, blinks, action amplitude, the pool's share without action. With
+``motion_compensation`` the frames of every pair are registered before they are differenced and
+measured, as `scripts/prepare_casme3.py --motion_compensation` does for the real frames.
 
 File names, list lines, class names and the difference encoding are those of the data format in
 `dataset.py`. Every pair also gets the grey view of the `--view RGB_gray` ablation (the luma
@@ -41,7 +46,7 @@ import math
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -52,6 +57,7 @@ from dataset import (CLASS_LIST, DEFAULT_CLASS_NAMES, DEPTH_LISTS, GRAY_LISTS, L
                      labeled_view_paths, list_line, list_subject, make_key, pool_view_paths, split_list,
                      write_list, write_png)
 from scripts.datatools.synthetic.face import AU_NAMES, make_subject
+from scripts.datatools.synthetic.regime import Regime, knob_names
 from scripts.datatools.synthetic.render import render_pair
 
 CASME3_TEST_COUNTS = {"negative": 508, "others": 170, "positive": 64, "surprise": 201}
@@ -159,9 +165,14 @@ def _validate(args: dict) -> None:
         raise SyntheticError(f"n_classes must be 3 or 4, got {args['n_classes']}")
     if args["depth_bits"] not in (8, 16):
         raise SyntheticError(f"depth_bits must be 8 or 16, got {args['depth_bits']}")
-    for name in ("low_intensity_share", "apex_equals_onset_share", "label_noise"):
-        if not 0.0 <= args[name] <= 1.0:
-            raise SyntheticError(f"{name} must be within [0, 1], got {args[name]}")
+    regime = args["regime"]
+    for name, value in [*((n, args[n]) for n in ("apex_equals_onset_share", "label_noise")),
+                        *((n, regime[n]) for n in ("low_intensity_share", "blink_rate"))]:
+        if not 0.0 <= value <= 1.0:
+            raise SyntheticError(f"{name} must be within [0, 1], got {value}")
+    negative = [n for n in knob_names() if regime[n] < 0]
+    if negative:
+        raise SyntheticError(f"{negative[0]} must not be negative, got {regime[negative[0]]}")
 
 
 def _prepare_out_dir(out: Path, arguments: dict) -> None:
@@ -238,7 +249,7 @@ def _plan(args: dict, rng: np.random.Generator) -> tuple[list[int], list[int], d
     same = _exact_mask(rng, total, args["apex_equals_onset_share"])
     noisy = _exact_mask(rng, total, args["label_noise"])
     n_pool = args["pool_per_subject"] * len(numbers)
-    noise_only = _exact_mask(rng, n_pool, args["low_intensity_share"])
+    noise_only = _exact_mask(rng, n_pool, args["regime"]["low_intensity_share"])
 
     plans: dict[int, list[_Plan]] = {n: [] for n in numbers}
     used: dict[int, set[tuple[str, int, int]]] = {n: set() for n in numbers}
@@ -264,16 +275,18 @@ def _plan(args: dict, rng: np.random.Generator) -> tuple[list[int], list[int], d
 def generate_dataset(out_dir: str | Path, seed: int = 0, n_subjects: int = 10,
                      samples_per_subject: int = 30, pool_per_subject: int = 50,
                      pool_only_subjects: int = 2, image_size: int = 72, n_classes: int = 4,
-                     low_intensity_share: float = 0.4, apex_equals_onset_share: float = 0.05,
-                     label_noise: float = 0.1, depth_bits: int = 8) -> dict:
+                     apex_equals_onset_share: float = 0.05, label_noise: float = 0.1, depth_bits: int = 8,
+                     regime: Regime = Regime(), motion_compensation: bool = False) -> dict:
     """Write a synthetic CAS(ME)^3-like dataset under ``out_dir`` and return a summary.
 
     Labeled: ``n_subjects * samples_per_subject`` samples with heavy-tailed per-subject counts (at
     least one each) and CAS(ME)^3 class shares; ``apex_equals_onset_share`` of them have an all-zero
     difference and ``label_noise`` of them carry the AU pattern of another class (noisy
     self-reports). Pool: ``pool_per_subject`` pairs for every labeled subject and for
-    ``pool_only_subjects`` unlabeled subjects, ``low_intensity_share`` of them noise-only. Images
-    are ``image_size`` px squares; depth differences are 8- or 16-bit (``depth_bits``).
+    ``pool_only_subjects`` unlabeled subjects, ``regime.low_intensity_share`` of them without
+    action. Images are ``image_size`` px squares; depth differences are 8- or 16-bit
+    (``depth_bits``). ``regime`` sets the nuisances; ``motion_compensation`` registers the two
+    frames of every pair before differencing.
 
     Returns a JSON-able dict: arguments, subjects, labeled counts (total, per class, per subject,
     apex == onset, label noise), pool counts (pairs, with motion, noise only, the intensity
@@ -284,9 +297,9 @@ def generate_dataset(out_dir: str | Path, seed: int = 0, n_subjects: int = 10,
     start = time.perf_counter()
     args = dict(seed=seed, n_subjects=n_subjects, samples_per_subject=samples_per_subject,
                 pool_per_subject=pool_per_subject, pool_only_subjects=pool_only_subjects,
-                image_size=image_size, n_classes=n_classes, low_intensity_share=low_intensity_share,
-                apex_equals_onset_share=apex_equals_onset_share, label_noise=label_noise,
-                depth_bits=depth_bits)
+                image_size=image_size, n_classes=n_classes, apex_equals_onset_share=apex_equals_onset_share,
+                label_noise=label_noise, depth_bits=depth_bits, regime=asdict(regime),
+                motion_compensation=motion_compensation)
     _validate(args)
     out = Path(out_dir)
     _prepare_out_dir(out, args)
@@ -299,7 +312,8 @@ def generate_dataset(out_dir: str | Path, seed: int = 0, n_subjects: int = 10,
     for number in numbers:
         subj = make_subject(seed, number, image_size)
         for plan in plans[number]:
-            rendered = render_pair(subj, plan.index, plan.aus, plan.same_frame, seed, depth_bits)
+            rendered = render_pair(subj, plan.index, plan.aus, plan.same_frame, seed, depth_bits, regime,
+                                   motion_compensation)
             write_png(out / plan.rgb_path, rendered.rgb)
             write_png(out / plan.depth_path, rendered.depth)
             write_png(out / plan.gray_path, rendered.gray)

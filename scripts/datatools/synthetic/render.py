@@ -6,7 +6,9 @@ of the real database. Both frames carry a head pose (per clip), and the apex add
 motion (translation, roll, movement along the optical axis), a lighting flicker and the AU field.
 Sensor noise: Gaussian RGB noise (level drawn per clip) with 8-bit quantisation; Gaussian depth
 noise, 1 mm quantisation, persistent holes in the hair, flickering holes along the silhouette and
-sparse random dropouts.
+sparse random dropouts. How large the pose, the head motion and the actions are, and how often a
+blink joins them, is the dataset's `Regime`; with motion compensation the two frames are
+registered (`scripts.datatools.registration`) before they are differenced and measured.
 
 Differences are encoded by `dataset.encode_difference` with `dataset.RGB_GAIN` (RGB, frames in
 0..255) and `dataset.DEPTH_GAIN[bits]` (depth, frames in mm); the grey view is
@@ -21,10 +23,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dataset import DEPTH_GAIN, RGB_GAIN, encode_difference, encode_gray_difference
+from dataset import DEPTH_GAIN, LUMA_WEIGHTS, RGB_GAIN, encode_difference, encode_gray_difference
+from scripts.datatools.registration import compensate, estimate_motion
 from scripts.datatools.synthetic.face import AU_NAMES, Subject
+from scripts.datatools.synthetic.regime import Regime
 
 REFERENCE_SIZE = 72  # image size at which the head-motion amplitudes (px) are stated; they scale with it
+BLINK_AMPLITUDE = (1.0, 2.0)  # AU45 units: a blink moves the lid about twice as far as an action
 
 
 def _bilinear(maps: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
@@ -138,34 +143,65 @@ def _encode(rgb0: np.ndarray, rgb1: np.ndarray, depth0: np.ndarray, depth1: np.n
     return rgb, depth, encode_gray_difference(rgb_diff, RGB_GAIN)
 
 
+def _blink(seed: int, subject: int, stream: int, rate: float) -> float:
+    """AU45 amplitude of a pair's blink (positive: eyes closing, negative: opening), 0 for none.
+
+    Drawn from the pair's own nuisance stream ``[seed, 5, subject, stream]``, so a regime without
+    blinks draws exactly the numbers the generator drew before blinks existed."""
+    if rate <= 0.0:
+        return 0.0
+    rng = np.random.default_rng([seed, 5, subject, stream])
+    if rng.random() >= rate:
+        return 0.0
+    return float(rng.uniform(*BLINK_AMPLITUDE) * rng.choice((-1.0, 1.0)))
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """(S, S) float32 luma of an (S, S, 3) RGB frame."""
+    return rgb.astype(np.float32) @ np.asarray(LUMA_WEIGHTS, np.float32)
+
+
 def render_pair(subj: Subject, stream: int, aus: tuple[str, ...], same_frame: bool, seed: int,
-                depth_bits: int) -> Rendered:
+                depth_bits: int, regime: Regime = Regime(), motion_compensation: bool = False) -> Rendered:
     """Render the onset and apex frames of one pair and encode their difference.
 
     `stream` selects the pair's own random stream ``[seed, 2, subject, stream]``; `aus` move the
-    apex (empty: no facial movement); `same_frame` makes apex == onset (an all-zero difference).
+    apex (empty: no facial movement) with amplitudes scaled by ``regime.amplitude``; a blink joins
+    them at ``regime.blink_rate``; `same_frame` makes apex == onset (an all-zero difference).
+    With `motion_compensation` both frames are registered before differencing and measuring.
     """
     rng = np.random.default_rng([seed, 2, subj.number, stream])
     px = subj.maps.shape[-1] / REFERENCE_SIZE
-    onset = _Frame(angle=math.radians(rng.normal(0.0, 1.0)),
-                   shift=(rng.normal(0.0, 0.6 * px), rng.normal(0.0, 0.6 * px)),
-                   dz_mm=rng.normal(0.0, 3.0), brightness=1.0)
-    apex = _Frame(angle=onset.angle + math.radians(rng.normal(0.0, 0.06)),
-                  shift=(onset.shift[0] + rng.normal(0.0, 0.05 * px),
-                         onset.shift[1] + rng.normal(0.0, 0.05 * px)),
-                  dz_mm=onset.dz_mm + rng.normal(0.0, 0.3), brightness=1.0 + rng.normal(0.0, 0.003))
+    onset = _Frame(angle=math.radians(rng.normal(0.0, regime.roll_jitter_deg)),
+                   shift=(rng.normal(0.0, regime.position_jitter_px * px),
+                          rng.normal(0.0, regime.position_jitter_px * px)),
+                   dz_mm=rng.normal(0.0, regime.scale_jitter_mm), brightness=1.0)
+    apex = _Frame(angle=onset.angle + math.radians(rng.normal(0.0, regime.head_roll_deg)),
+                  shift=(onset.shift[0] + rng.normal(0.0, regime.head_motion_px * px),
+                         onset.shift[1] + rng.normal(0.0, regime.head_motion_px * px)),
+                  dz_mm=onset.dz_mm + rng.normal(0.0, regime.head_dz_mm), brightness=1.0 + rng.normal(0.0, 0.003))
     rgb_sigma = float(np.exp(rng.normal(math.log(1.4), 0.12)))
     depth_sigma = rng.uniform(0.35, 0.6)
     rgb0, depth0 = _render_frame(subj, onset, None, rgb_sigma, depth_sigma, rng)
     if same_frame:
         return Rendered(*_encode(rgb0, rgb0, depth0, depth0, depth_bits), 0.0, 0.0)
-    field = None
+    coeffs = np.zeros((len(AU_NAMES), 2))
     if aus:
-        coeffs = _draw_coefficients(rng, aus).ravel()
+        coeffs = _draw_coefficients(rng, aus) * regime.amplitude
+    blink = _blink(seed, subj.number, stream, regime.blink_rate)
+    if blink:
+        coeffs[AU_NAMES.index("AU45")] += blink
+    field = None
+    if coeffs.any():
+        coeffs = coeffs.ravel()
         active = np.nonzero(coeffs)[0]
         flat_basis = subj.basis.reshape(-1, *subj.basis.shape[2:])
         field = np.tensordot(coeffs[active].astype(np.float32), flat_basis[active], axes=1)
     rgb1, depth1 = _render_frame(subj, apex, field, rgb_sigma, depth_sigma, rng)
+    if motion_compensation:
+        motion = estimate_motion(_luma(rgb0), _luma(rgb1))
+        rgb0, rgb1 = compensate(rgb0, rgb1, motion)
+        depth0, depth1 = compensate(depth0, depth1, motion, holes=True)
     max_disp = 0.0 if field is None else float(np.sqrt(field[0] ** 2 + field[1] ** 2).max())
     return Rendered(*_encode(rgb0, rgb1, depth0, depth1, depth_bits),
                     measure_intensity(rgb0, rgb1, subj.face_mask), max_disp)
