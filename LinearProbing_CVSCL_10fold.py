@@ -44,7 +44,7 @@ def parse_option(argv: list[str] | None = None) -> tuple[argparse.Namespace, eva
     parser.add_argument("--split_seed", type=int, default=0,
                         help="seed of the fold assignment (independent of --seed, so --seeds keeps the folds)")
     evaluation.add_eval_args(parser, DEFAULTS)
-    parser.set_defaults(freeze_encoder=True, encoder_lr_mult=0.0)
+    parser.set_defaults(freeze_encoder=True, encoder_lr_mult=0.0, lp_epochs=0)
     args = parser.parse_args(argv)
     if args.folds < 2:
         raise util.UserError(f"--folds {args.folds}: need at least 2")

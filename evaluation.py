@@ -265,7 +265,7 @@ def finish_eval_args(args: argparse.Namespace) -> EncoderSpec:
     if args.n_label is not None and args.n_label < 2:
         raise util.UserError(f"--n_label {args.n_label}: must be at least 2")
     util.check_numbers(args, positive=("learning_rate",),
-                       non_negative=("momentum", "weight_decay", "focal_gamma", "encoder_lr_mult"))
+                       non_negative=("momentum", "weight_decay", "focal_gamma", "encoder_lr_mult", "lp_epochs"))
     args.lr_decay_epochs = util.parse_int_list(args.lr_decay_epochs)
     spec = load_encoder_spec(args.model_path, args.model, args.feat_dim)
     args.model, args.feat_dim, args.checkpoint_sha1 = spec.name, spec.feat_dim, spec.digest
@@ -369,6 +369,10 @@ class Unit:
     test: np.ndarray
 
 
+# what a run folder made before a setting was recorded was made with
+SETTINGS_BEFORE_RECORDED = {"bn_stats": "running", "lp_epochs": 0}
+
+
 class RunFolder:
     """`<save_path>/<run name>/`: run.json, units/seed<S>/<unit>.json, predictions.csv, results.json,
     confusion.png, log.txt, saved models.
@@ -409,7 +413,7 @@ class RunFolder:
         """Write run.json, or check that an existing one has the same settings."""
         path = self.root / RUN_FILE
         if path.is_file():
-            old = json.loads(path.read_text())["config"]
+            old = {**SETTINGS_BEFORE_RECORDED, **json.loads(path.read_text())["config"]}
             diff = sorted(k for k in set(old) | set(run["config"]) if old.get(k) != run["config"].get(k))
             if diff:
                 raise util.UserError(f"{path}: this run folder holds results of other settings "
@@ -559,8 +563,17 @@ def train_unit(args: argparse.Namespace, start: StartingPoint, data: EvalData, u
     model = Classifier(head, extractor, frozen=args.freeze_encoder).to(data.device)
     generator = torch.Generator().manual_seed(useed)
     train_index, test_index = torch.as_tensor(unit.train), torch.as_tensor(unit.test)
-    history = fit(args, model, fetch, data, train_index, generator, f"seed{seed}/{unit.name}",
-                  fetch_on_device=start.features is not None)
+    tag = f"seed{seed}/{unit.name}"
+    history = []
+    if args.lp_epochs and not args.freeze_encoder:
+        # LP-FT: the head first learns on the pre-trained features, so that fine-tuning starts from a
+        # head that fits them instead of sending a random head's gradients into the encoder
+        model.set_frozen(True)
+        history = fit(argparse.Namespace(**{**vars(args), "epochs": args.lp_epochs}), model, fetch, data,
+                      train_index, generator, tag)
+        model.set_frozen(False)
+    history += [{**epoch, "epoch": epoch["epoch"] + len(history)} for epoch in fit(
+        args, model, fetch, data, train_index, generator, tag, fetch_on_device=start.features is not None)]
     predictions = predict(args, model, fetch, data.device, test_index)
     if extractor is not None and args.freeze_encoder:
         assert_unchanged(extractor.encoder, start.encoder.state_dict(), f"unit {unit.name}")

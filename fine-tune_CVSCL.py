@@ -45,6 +45,9 @@ def parse_option(argv: list[str] | None = None) -> tuple[argparse.Namespace, eva
                         help="train only the linear head; the encoder stays in eval mode and is checked unchanged")
     parser.add_argument("--encoder_lr_mult", type=float, default=0.1,
                         help="encoder learning rate = --learning_rate x this (fine-tuning)")
+    parser.add_argument("--lp_epochs", type=int, default=0,
+                        help="LP-FT: train the head alone on the frozen encoder for this many epochs first, then "
+                             "fine-tune everything for --epochs (0: fine-tune from the start)")
     util.process_only(parser.add_argument("--save_models", action="store_true",
                                           help="save each subject's fine-tuned classifier under <run>/models/"))
     util.process_only(parser.add_argument("--list_subjects", action="store_true",

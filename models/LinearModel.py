@@ -119,9 +119,15 @@ class Classifier(nn.Module):
         super().__init__()
         self.head = head
         self.extractor = extractor
+        self.frozen = False
+        self.set_frozen(frozen)
+
+    def set_frozen(self, frozen: bool) -> None:
+        """Freeze the extractor (eval mode, no gradients) or release it for training."""
         self.frozen = frozen
-        if extractor is not None and frozen:
-            extractor.requires_grad_(False)
+        if self.extractor is not None:
+            self.extractor.requires_grad_(not frozen)
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> "Classifier":
         super().train(mode)

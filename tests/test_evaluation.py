@@ -636,3 +636,36 @@ def test_attention_is_refused_where_it_cannot_apply(synthetic_data: Path, tmp_pa
     with pytest.raises(UserError, match="resnet18v1 layer 6 has none"):
         finetune.parse_option(loso_args(synthetic_data, tmp_path, "--model", "resnet18v1", "--layer", "6",
                                         "--attention", "att"))
+
+
+def test_lp_ft_trains_the_head_alone_first(synthetic_data: Path, tmp_path: Path, monkeypatch) -> None:
+    phases = []
+    real_fit = evaluation.fit
+
+    def recording_fit(args, model, *rest, **kwargs):
+        encoder = model.extractor.encoder
+        before = {k: v.clone() for k, v in encoder.state_dict().items()}
+        history = real_fit(args, model, *rest, **kwargs)
+        changed = any(not torch.equal(v, encoder.state_dict()[k]) for k, v in before.items())
+        phases.append((model.frozen, args.epochs, changed))
+        return history
+
+    monkeypatch.setattr(evaluation, "fit", recording_fit)
+    finetune.main(loso_args(synthetic_data, tmp_path, "--lp_epochs", "2", "--subjects", "spNO59"))
+    assert phases == [(True, 2, False), (False, 1, True)]
+    (record,) = unit_records(run_folder(tmp_path)).values()
+    assert [epoch["epoch"] for epoch in record["history"]] == [1, 2, 3]
+
+
+def test_a_run_folder_from_before_a_setting_existed_matches_its_old_behaviour(synthetic_data: Path,
+                                                                              tmp_path: Path) -> None:
+    finetune.main(loso_args(synthetic_data, tmp_path, "--subjects", "spNO59", "--bn_stats", "running"))
+    run_json = run_folder(tmp_path) / "run.json"
+    record = json.loads(run_json.read_text())
+    for key in evaluation.SETTINGS_BEFORE_RECORDED:
+        del record["config"][key]
+    run_json.write_text(json.dumps(record))
+    again = loso_args(synthetic_data, tmp_path, "--subjects", "spNO59", "--run_name", run_json.parent.name)
+    finetune.main([*again, "--bn_stats", "running"])  # the old behaviour: resumes
+    with pytest.raises(UserError, match=r"holds results of other settings \(bn_stats\)"):
+        finetune.main(again)
