@@ -8,11 +8,14 @@ clips sit in the training folds, which inflates the scores. Do not compare those
 
 For each fold a fresh linear head and optimizer are trained on the frozen encoder's features
 (extracted once, unless `--augment`), the fold is predicted, and the head is saved under
-`<run>/models/`. Defaults follow CMC's linear evaluation (SGD, lr 0.1, momentum 0.9, no weight
-decay) with a cosine schedule over 60 epochs, batch 64, and MAE's BatchNorm (no affine) before the
-linear layer, so that the probe measures what the features hold rather than their scale: without
-it a random encoder's features, which vary about a tenth as much, leave the head at the majority
-class (`--no_head_bn` restores the plain linear layer).
+`<run>/models/`. The head is trained as frozen LOSO trains it (`fine-tune_CVSCL.py
+--freeze_encoder`: SGD, lr 0.01, momentum 0.9, weight decay 1e-4, cosine schedule over 30 epochs,
+batch 32), so that the two frozen protocols measure the same thing; with a few hundred labeled
+samples the head's learning rate alone can flip the sign of a comparison between encoders (CMC's
+ImageNet recipe, lr 0.1 without weight decay, favoured random features over pre-trained ones on
+data where frozen LOSO found the opposite: docs/evaluation-recipe.md). MAE's BatchNorm (no affine)
+before the linear layer makes the probe measure what the features hold rather than their scale
+(`--no_head_bn` restores the plain linear layer).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import evaluation
 import util
 
 PROTOCOL = "kfold"
-DEFAULTS = evaluation.Defaults(epochs=60, learning_rate=0.1, batch_size=64, weight_decay=0.0)
+DEFAULTS = evaluation.Defaults(epochs=30, learning_rate=0.01, batch_size=32, weight_decay=1e-4)
 
 
 def parse_option(argv: list[str] | None = None) -> tuple[argparse.Namespace, evaluation.EncoderSpec]:
