@@ -8,7 +8,7 @@
 #   bash scripts/compare.sh [OUT_DIR]                 (default: out/compare)
 #
 # Environment (default in brackets):
-#   DATASETS   NAME=GENERATOR FLAGS;...   ["default=;realistic=--regime realistic"]
+#   DATASETS   NAME=GENERATOR FLAGS;...   ["default=;realistic-mc=--regime realistic --motion_compensation"]
 #   VIEWS      views to pre-train and evaluate                       ["RGB_D"]
 #   ENCODERS   any of: random plain threshold                        ["random plain threshold"]
 #   PROTOCOLS  any of: probe frozen finetune                         ["probe frozen finetune"]
@@ -28,7 +28,7 @@ python="${PYTHON:-$repo/.venv/bin/python}"
 [[ -x "$python" ]] || python="$(command -v python3)"
 mkdir -p "${1:-$repo/out/compare}"
 out="$(cd "${1:-$repo/out/compare}" && pwd)"
-IFS=';' read -r -a datasets <<< "${DATASETS-default=;realistic=--regime realistic}"
+IFS=';' read -r -a datasets <<< "${DATASETS-default=;realistic-mc=--regime realistic --motion_compensation}"
 read -r -a views <<< "${VIEWS:-RGB_D}"
 read -r -a encoders <<< "${ENCODERS:-random plain threshold}"
 read -r -a protocols <<< "${PROTOCOLS:-probe frozen finetune}"
@@ -40,7 +40,7 @@ logs="$out/logs"
 mkdir -p "$logs"
 cd "$repo"
 
-settings="datasets: ${DATASETS-default=;realistic=--regime realistic}
+settings="datasets: ${DATASETS-default=;realistic-mc=--regime realistic --motion_compensation}
 pretrain epochs: $pretrain_epochs
 pretrain flags: ${extra_pretrain[*]}
 eval flags: ${extra_eval[*]}"
