@@ -572,8 +572,11 @@ def train_unit(args: argparse.Namespace, start: StartingPoint, data: EvalData, u
         history = fit(argparse.Namespace(**{**vars(args), "epochs": args.lp_epochs}), model, fetch, data,
                       train_index, generator, tag)
         model.set_frozen(False)
+    on_device = start.features is not None
     history += [{**epoch, "epoch": epoch["epoch"] + len(history)} for epoch in fit(
-        args, model, fetch, data, train_index, generator, tag, fetch_on_device=start.features is not None)]
+        args, model, fetch, data, train_index, generator, tag, fetch_on_device=on_device)]
+    if args.bn_stats == "training_set":
+        reestimate_batch_norm(args, model, fetch, data, train_index.to(data.device) if on_device else train_index)
     predictions = predict(args, model, fetch, data.device, test_index)
     if extractor is not None and args.freeze_encoder:
         assert_unchanged(extractor.encoder, start.encoder.state_dict(), f"unit {unit.name}")
@@ -646,8 +649,6 @@ def fit(args: argparse.Namespace, model: Classifier, fetch: Fetch, data: EvalDat
         train_acc = (torch.cat(logits_seen).argmax(1) == targets).float().mean().item()
         scheduler.step()
         history.append({"epoch": epoch, "loss": mean_loss, "train_acc": train_acc, "lr": lr})
-    if args.bn_stats == "training_set":
-        reestimate_batch_norm(args, model, fetch, data, train_index.to(data.device) if fetch_on_device else train_index)
     return history
 
 

@@ -157,7 +157,11 @@ def _blink(seed: int, subject: int, stream: int, rate: float) -> float:
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
-    """(S, S) float32 luma of an (S, S, 3) RGB frame."""
+    """(S, S) float32 luma of an (S, S, 3) RGB frame, for registration only.
+
+    Not `dataset.luma` (float64): ECC's estimate moves with the last bit of its input, and the
+    motion-compensated data of docs/synthetic-data.md were made with this float32 product.
+    """
     return rgb.astype(np.float32) @ np.asarray(LUMA_WEIGHTS, np.float32)
 
 
