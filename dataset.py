@@ -845,8 +845,6 @@ def iterate_batches(n: int, batch_size: int, shuffle: bool, drop_last: bool,
 
 
 # ---------------------------------------------------------------------------------------------
-# Batched paired augmentation on the training device
-#
 # Batched paired augmentation on the training device.
 #
 # One geometric draw per sample (a random resized crop and a horizontal flip) is applied to both
