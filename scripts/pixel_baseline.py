@@ -40,15 +40,15 @@ def pixel_vectors(samples: list[dataset.Sample], size: int) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32)
 
 
-def loso_predictions(x: np.ndarray, labels: np.ndarray, subjects: np.ndarray, inverse_strength: float,
-                     seed: int = 0) -> np.ndarray:
+def loso_predictions(x: np.ndarray, labels: np.ndarray, subjects: np.ndarray,
+                     inverse_strength: float) -> np.ndarray:
     """Predicted label (N,) of every sample by a model fitted on the other subjects' samples;
     x (N, D), labels and subjects (N,)."""
     predictions = np.empty_like(labels)
     for subject in np.unique(subjects):
         test = subjects == subject
         scaler = StandardScaler().fit(x[~test])
-        model = LogisticRegression(C=inverse_strength, max_iter=5000, random_state=seed)
+        model = LogisticRegression(C=inverse_strength, max_iter=5000)
         model.fit(scaler.transform(x[~test]), labels[~test])
         predictions[test] = model.predict(scaler.transform(x[test]))
     return predictions
