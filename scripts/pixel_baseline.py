@@ -71,9 +71,8 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--C {' '.join(f'{c:g}' for c in args.C)}: every value must be positive")
     second = dataset.SECOND_VIEW_LISTS[args.view]
     list_folder = dataset.find_list_folder(args.data_folder, args.list_folder, second)
-    samples = [sample for subject in dataset.subject_names(list_folder)
-               for sample in dataset.load_split(list_folder, Path(args.data_folder), subject, "test",
-                                                second=second)]
+    samples = dataset.load_labeled(list_folder, Path(args.data_folder), dataset.subject_names(list_folder),
+                                   second=second)
     if not samples:
         raise UserError(f"{list_folder / dataset.RGB_LISTS}: the test lists hold no sample")
     labels = np.array([sample.label for sample in samples])
@@ -81,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(np.unique(subjects)) < 2:
         raise UserError(f"{list_folder / dataset.RGB_LISTS}: LOSO needs at least two subjects with samples")
     n_classes = int(labels.max()) + 1
+    dataset.check_labels(samples, n_classes)
     x = pixel_vectors(samples, args.size)
     print(f"{len(samples)} samples, {len(np.unique(subjects))} subjects, per class "
           f"{np.bincount(labels, minlength=n_classes).tolist()}, {x.shape[1]} pixels each")

@@ -16,7 +16,7 @@ from util import REPO_ROOT, UserError
 
 def _labeled(root: Path) -> list[dataset.Sample]:
     folder = dataset.find_list_folder(root)
-    return [s for subject in dataset.subject_names(folder) for s in dataset.load_split(folder, root, subject, "test")]
+    return dataset.load_labeled(folder, root, dataset.subject_names(folder))
 
 
 def test_labels_written_into_the_pixels_are_found(synthetic_data: Path, tmp_path: Path,
