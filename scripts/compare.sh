@@ -48,7 +48,10 @@ if [[ -f "$out/settings.txt" ]] && [[ "$(cat "$out/settings.txt")" != "$settings
     echo "error: $out/settings.txt: this folder holds a comparison of other settings; pass another OUT_DIR" >&2
     exit 2
 fi
-printf '%s\n' "$settings" > "$out/settings.txt"
+# written through a rename, so that a comparison started alongside (another seed into the same
+# OUT_DIR) never reads a half-written file
+printf '%s\n' "$settings" > "$out/settings.txt.$$"
+mv "$out/settings.txt.$$" "$out/settings.txt"
 
 # Demo scale. Full-scale settings are the scripts' defaults (README.md). The thresholded pool is
 # smaller than the whole pool, so its run gets proportionally more epochs: both runs take the same

@@ -1,4 +1,5 @@
-"""scripts/sweep_subjects.sh (two CPU workers, then the aggregate step) and scripts/results_table.py."""
+"""scripts/sweep_subjects.sh (two CPU workers, then the aggregate step), scripts/results_table.py and
+scripts/compare.sh's guard of its output folder."""
 from __future__ import annotations
 
 import json
@@ -45,3 +46,25 @@ def test_results_table_pools_runs_as_mean_and_std(tmp_path: Path) -> None:
         paths.append(str(path))
     [row] = results_table.read_rows("DVSCL=" + ",".join(paths))
     assert row == ["DVSCL", "LOSO", "0.600 ± 0.141", "0.500 ± 0.141", "0.400 ± 0.141", "10"]
+
+
+def _compare(out: Path, datasets: str) -> subprocess.Popen:
+    """compare.sh with a Python that fails at once: it gets as far as its first step (the data)."""
+    env = {**os.environ, "PYTHON": "/bin/false", "DATASETS": datasets}
+    return subprocess.Popen(["bash", str(REPO_ROOT / "scripts" / "compare.sh"), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_compare_refuses_a_folder_of_other_settings_and_not_its_own(tmp_path: Path) -> None:
+    """Comparisons of the same settings started together (one seed each) all pass the guard; another
+    setting is refused with one line naming settings.txt."""
+    for _ in range(10):
+        errors = [run.communicate(timeout=60)[1] for run in [_compare(tmp_path, "a=") for _ in range(4)]]
+        assert all("step 'a_data' failed" in error for error in errors), errors
+    assert (tmp_path / "settings.txt").read_text().startswith("datasets: a=\n")
+    assert not list(tmp_path.glob("settings.txt.*"))
+    other = _compare(tmp_path, "b=--regime realistic")
+    _, error = other.communicate(timeout=60)
+    assert other.returncode == 2
+    assert error == (f"error: {tmp_path}/settings.txt: this folder holds a comparison of other settings; "
+                     "pass another OUT_DIR\n")
