@@ -13,6 +13,7 @@
 #   ENCODERS   any of: random plain threshold                        ["random plain threshold"]
 #   PROTOCOLS  any of: probe frozen finetune                         ["probe frozen finetune"]
 #   SEEDS      pre-training seeds (random init: encoder seeds)       ["0 1 2"]
+#   IMAGE_SIZE network input side in pixels; the data are rendered at 9/8 of it     [64]
 #   PRETRAIN_EPOCHS [60], PRETRAIN_FLAGS [""], EVAL_FLAGS [""]: extra flags of every pre-training
 #              and of every evaluation
 #
@@ -26,6 +27,8 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-$repo/.venv/bin/python}"
 [[ -x "$python" ]] || python="$(command -v python3)"
+image_size="${IMAGE_SIZE:-64}"
+[[ $image_size =~ ^[0-9]+$ ]] || { echo "error: IMAGE_SIZE=$image_size: expected a whole number of pixels" >&2; exit 2; }
 mkdir -p "${1:-$repo/out/compare}"
 out="$(cd "${1:-$repo/out/compare}" && pwd)"
 IFS=';' read -r -a datasets <<< "${DATASETS-default=;realistic-mc=--regime realistic --motion_compensation}"
@@ -41,6 +44,7 @@ mkdir -p "$logs"
 cd "$repo"
 
 settings="datasets: ${DATASETS-default=;realistic-mc=--regime realistic --motion_compensation}
+image size: $image_size
 pretrain epochs: $pretrain_epochs
 pretrain flags: ${extra_pretrain[*]}
 eval flags: ${extra_eval[*]}"
@@ -56,7 +60,6 @@ mv "$out/settings.txt.$$" "$out/settings.txt"
 # Demo scale. Full-scale settings are the scripts' defaults (README.md). The thresholded pool is
 # smaller than the whole pool, so its run gets proportionally more epochs: both runs take the same
 # number of SGD steps. The probe and both LOSO protocols train 30 epochs.
-image_size=64
 batch_size=32
 pretrain_flags=(--model alexnet --batch_size "$batch_size" --nce_k 256 --learning_rate 0.03 --softmax)
 declare -A protocol_script=([probe]=LinearProbing_CVSCL_10fold.py [frozen]=fine-tune_CVSCL.py [finetune]=fine-tune_CVSCL.py)
@@ -84,7 +87,7 @@ for entry in "${datasets[@]}"; do
     if [[ ! -f "$data/synthetic_casme3.json" ]] || ! grep -q '"complete": true' "$data/synthetic_casme3.json"; then
         say "$name: synthetic data ${generator_flags[*]}"
         run "${name}_data" "$python" scripts/make_synthetic_casme3.py --out "$data" --seed 0 --samples_per_subject 10 \
-            "${generator_flags[@]}"
+            --image_size $((image_size * 9 / 8)) "${generator_flags[@]}"
     fi
     # the threshold that best separates the pool's pairs without action, and the epochs that give
     # the thresholded run as many steps as the plain one

@@ -48,9 +48,9 @@ def test_results_table_pools_runs_as_mean_and_std(tmp_path: Path) -> None:
     assert row == ["DVSCL", "LOSO", "0.600 ± 0.141", "0.500 ± 0.141", "0.400 ± 0.141", "10"]
 
 
-def _compare(out: Path, datasets: str) -> subprocess.Popen:
+def _compare(out: Path, datasets: str, python: str = "/bin/false", **settings: str) -> subprocess.Popen:
     """compare.sh with a Python that fails at once: it gets as far as its first step (the data)."""
-    env = {**os.environ, "PYTHON": "/bin/false", "DATASETS": datasets}
+    env = {**os.environ, "PYTHON": python, "DATASETS": datasets, **settings}
     return subprocess.Popen(["bash", str(REPO_ROOT / "scripts" / "compare.sh"), str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -68,3 +68,22 @@ def test_compare_refuses_a_folder_of_other_settings_and_not_its_own(tmp_path: Pa
     assert other.returncode == 2
     assert error == (f"error: {tmp_path}/settings.txt: this folder holds a comparison of other settings; "
                      "pass another OUT_DIR\n")
+
+
+def test_compare_renders_the_data_at_nine_eighths_of_image_size(tmp_path: Path) -> None:
+    """IMAGE_SIZE sets the network's input; the data are rendered larger by the demo's 72/64, and a
+    dataset's own generator flags come after, so they can override it."""
+    stub = tmp_path / "python"
+    stub.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/args"\nexit 1\n')
+    stub.chmod(0o755)
+    run = _compare(tmp_path / "out", "a=--regime realistic", python=str(stub), IMAGE_SIZE="96")
+    run.communicate(timeout=60)
+    assert run.returncode == 1
+    assert (tmp_path / "args").read_text().split()[-4:] == ["--image_size", "108", "--regime", "realistic"]
+    assert "image size: 96\n" in (tmp_path / "out" / "settings.txt").read_text()
+
+    bad = _compare(tmp_path / "bad", "a=", IMAGE_SIZE="96px")
+    _, error = bad.communicate(timeout=60)
+    assert bad.returncode == 2
+    assert error == "error: IMAGE_SIZE=96px: expected a whole number of pixels\n"
+    assert not (tmp_path / "bad").exists()
