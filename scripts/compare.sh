@@ -13,7 +13,7 @@
 #   ENCODERS   any of: random plain threshold                        ["random plain threshold"]
 #   PROTOCOLS  any of: probe frozen finetune                         ["probe frozen finetune"]
 #   SEEDS      pre-training seeds (random init: encoder seeds)       ["0 1 2"]
-#   IMAGE_SIZE network input side in pixels; the data are rendered at 9/8 of it     [64]
+#   IMAGE_SIZE network input side in pixels; the data are rendered at 9/8 of it     [96]
 #   PRETRAIN_EPOCHS [60], PRETRAIN_FLAGS [""], EVAL_FLAGS [""]: extra flags of every pre-training
 #              and of every evaluation
 #
@@ -27,7 +27,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-$repo/.venv/bin/python}"
 [[ -x "$python" ]] || python="$(command -v python3)"
-image_size="${IMAGE_SIZE:-64}"
+image_size="${IMAGE_SIZE:-96}"
 [[ $image_size =~ ^[0-9]+$ ]] || { echo "error: IMAGE_SIZE=$image_size: expected a whole number of pixels" >&2; exit 2; }
 mkdir -p "${1:-$repo/out/compare}"
 out="$(cd "${1:-$repo/out/compare}" && pwd)"
@@ -57,7 +57,8 @@ fi
 printf '%s\n' "$settings" > "$out/settings.txt.$$"
 mv "$out/settings.txt.$$" "$out/settings.txt"
 
-# Demo scale. Full-scale settings are the scripts' defaults (README.md). The thresholded pool is
+# Demo scale. Full-scale settings are the scripts' defaults (README.md); 96 px is the smallest
+# input at which alexnet's conv5 keeps a spatial map (2 x 2; 1 x 1 at 64). The thresholded pool is
 # smaller than the whole pool, so its run gets proportionally more epochs: both runs take the same
 # number of SGD steps. The probe and both LOSO protocols train 30 epochs.
 batch_size=32

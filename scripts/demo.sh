@@ -11,6 +11,7 @@
 #
 #   bash scripts/demo.sh [OUT_DIR]        (default: out/demo)
 #   PRETRAIN_EPOCHS=200 bash scripts/demo.sh OUT_DIR     (longer pre-training; default 60)
+#   IMAGE_SIZE=64 bash scripts/demo.sh OUT_DIR           (a 64 px input, 0.44 of the pixels; default 96)
 #
 # One seed is one draw: scripts/compare.sh (three seeds, and the realistic regime) gives mean ± std.
 set -euo pipefail
