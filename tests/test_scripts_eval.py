@@ -1,5 +1,5 @@
 """scripts/sweep_subjects.sh (two CPU workers, then the aggregate step), scripts/results_table.py and
-scripts/compare.sh's guard of its output folder."""
+scripts/compare.sh's settings (the guard of its output folder, IMAGE_SIZE)."""
 from __future__ import annotations
 
 import json
