@@ -57,8 +57,8 @@ fi
 printf '%s\n' "$settings" > "$out/settings.txt.$$"
 mv "$out/settings.txt.$$" "$out/settings.txt"
 
-# Demo scale. Full-scale settings are the scripts' defaults (README.md); 96 px is the smallest
-# input at which alexnet's conv5 keeps a spatial map (2 x 2; 1 x 1 at 64). The thresholded pool is
+# Demo scale. Full-scale settings are the scripts' defaults (README.md); at 96 px alexnet's conv5
+# keeps a spatial map (2 x 2; below 95 px it is 1 x 1). The thresholded pool is
 # smaller than the whole pool, so its run gets proportionally more epochs: both runs take the same
 # number of SGD steps. The probe and both LOSO protocols train 30 epochs.
 batch_size=32
