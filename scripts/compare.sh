@@ -3,7 +3,11 @@
 # views, for each pre-training seed, DVSCL pre-training on the whole pool ("plain") and on the pairs
 # at or above the intensity threshold ("threshold"), then the k-fold probe, frozen LOSO and
 # fine-tuned LOSO of those encoders and of a random one drawn from the same seed; one table of
-# mean ± std over the seeds. At the scale of the demo (scripts/demo.sh runs this script with one seed).
+# mean ± std over the seeds, with each encoder's paired difference to random init and its 95 %
+# interval (scripts/results_table.py --baseline), and the same as a figure (comparison.png). Every
+# evaluation of seed S runs with --seed S, so the encoders of one seed share unit seeds, folds,
+# batch order, augmentation and head initialisation: their difference is paired. At the scale of
+# the demo (scripts/demo.sh runs this script with one seed).
 #
 #   bash scripts/compare.sh [OUT_DIR]                 (default: out/compare)
 #
@@ -103,12 +107,11 @@ print(pool["intensity_threshold"], round(epochs * (pool["pairs"] // batch) / (po
         for seed in "${seeds[@]}"; do
             for encoder in "${encoders[@]}"; do
                 tag="${name}_${view}_${encoder}_seed${seed}"
-                model_path=none eval_seed=(--seed "$seed")
+                model_path=none
                 if [[ $encoder != random ]]; then
                     epochs=$pretrain_epochs filter=()
                     [[ $encoder == threshold ]] && epochs=$threshold_epochs filter=(--intensity_threshold "$threshold")
                     model_path="$out/$name/models/${view}_${encoder}_seed${seed}/last.pth"
-                    eval_seed=()
                     if [[ ! -f "$model_path" ]]; then
                         say "$name: pre-training $encoder, --view $view --seed $seed ($epochs epochs)"
                         run "pretrain_$tag" "$python" pre-train_CVSCL.py --data_folder "$data" \
@@ -127,7 +130,7 @@ print(pool["intensity_threshold"], round(epochs * (pool["pairs"] // batch) / (po
                     run "${protocol}_$tag" "$python" "${protocol_script[$protocol]}" --data_folder "$data" \
                         --save_path "$out/$name/eval" --image_size "$image_size" --num_workers 0 --no_progress \
                         --model alexnet --model_path "$model_path" --view "$view" --epochs 30 \
-                        --run_name "$(basename "$eval_dir")" ${protocol_flags[$protocol]} "${eval_seed[@]}" \
+                        --run_name "$(basename "$eval_dir")" ${protocol_flags[$protocol]} --seed "$seed" \
                         "${extra_eval[@]}"
                     runs[$encoder/$protocol]+="${runs[$encoder/$protocol]:+,}$eval_dir"
                 done
@@ -143,5 +146,7 @@ print(pool["intensity_threshold"], round(epochs * (pool["pairs"] // batch) / (po
 done
 
 say "done"
-"$python" scripts/results_table.py "${rows[@]}" | tee "$out/results_table.txt"
-echo "mean ± std over seeds ${seeds[*]}; table: $out/results_table.txt; logs: $logs"
+compared=()
+[[ " ${encoders[*]} " == *" random "* ]] && compared=(--baseline "random init" --plot "$out/comparison.png")
+"$python" scripts/results_table.py "${compared[@]}" "${rows[@]}" | tee "$out/results_table.txt"
+echo "mean ± std over seeds ${seeds[*]}; table: $out/results_table.txt${compared:+; figure: $out/comparison.png}; logs: $logs"

@@ -37,7 +37,6 @@ from typing import Callable, ContextManager, Iterator, NamedTuple, Sequence, Typ
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -47,6 +46,8 @@ import util
 from models import MODEL_NAMES, TwoViewEncoder
 from models.LinearModel import AttentionHead, Classifier, FeatureExtractor, make_head
 from models.pretrained import NORMALISATION, EncoderSpec, load_encoder_spec
+
+from .metrics import compute_metrics, plot_confusion
 
 RUN_FILE = "run.json"
 LOSSES = ("crossentropy", "focal", "balanced", "cosine")
@@ -127,25 +128,6 @@ def lr_factor(epoch: int, args: argparse.Namespace) -> float:
     if args.lr_schedule == "step":
         return util.step_lr(epoch + 1, 1.0, args.lr_decay_epochs, args.lr_decay_rate)
     return 1.0
-
-
-# ---------------------------------------------------------------------------------------------
-# Metrics
-
-
-def compute_metrics(labels: Sequence[int], predictions: Sequence[int], n_classes: int) -> dict:
-    """Accuracy, UF1 (macro F1) and UAR (mean per-class recall) over the classes present in
-    `labels`, and the n_classes x n_classes confusion matrix (rows truth, columns prediction)."""
-    labels, predictions = np.asarray(labels, dtype=int), np.asarray(predictions, dtype=int)
-    present = sorted(set(labels.tolist()))
-    return {
-        "acc": float(accuracy_score(labels, predictions)),
-        "uf1": float(f1_score(labels, predictions, labels=present, average="macro", zero_division=0)),
-        "uar": float(recall_score(labels, predictions, labels=present, average="macro", zero_division=0)),
-        "n": int(len(labels)),
-        "classes_present": present,
-        "confusion": confusion_matrix(labels, predictions, labels=list(range(n_classes))).tolist(),
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -816,29 +798,6 @@ def _write_predictions(path: Path, rows: Sequence[Prediction]) -> None:
     out.writerow(Prediction._fields)
     out.writerows(rows)
     util.atomic_write_text(path, buffer.getvalue())
-
-
-def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path, title: str) -> None:
-    """Confusion matrix (K, K) counts as a PNG, rows truth, columns prediction."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.2 * k + 2, 1.2 * k + 1.5))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(k), class_names)
-    ax.set_xlabel("prediction")
-    ax.set_ylabel("truth")
-    ax.set_title(title, fontsize=9)
-    for i in range(k):
-        for j in range(k):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
-                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def summary_line(results: dict) -> str:
