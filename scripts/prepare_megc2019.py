@@ -35,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SAMM sheet (default SAMM_Micro_FACS_Codes_v2.xlsx in --samm or beside it)")
     inputs.add_argument("--out", required=True, help="output data folder (outside every input tree)")
     inputs.add_argument("--workers", type=int, default=0, help="worker processes (0: in this process)")
+    rows = parser.add_argument_group("sheet rows")
+    rows.add_argument("--estimate_bad_apex", dest="estimate_bad_apex", action="store_true", default=True,
+                      help="keep a CASME II or SAMM row whose apex the sheet lacks or gets wrong (e.g. '/', -1, "
+                           "outside the clip), its apex estimated as for SMIC and marked 'estimated' in "
+                           "megc2019_samples.csv, as the standard 442-sample composite does (default: on)")
+    rows.add_argument("--no_estimate_bad_apex", dest="estimate_bad_apex", action="store_false",
+                      help="leave those rows out instead, each with a warning (default: kept, --estimate_bad_apex)")
     images = parser.add_argument_group("images")
     images.add_argument("--image_size", type=int, default=256, help="output side in pixels (0: crop size)")
     images.add_argument("--crop", choices=("face", "none"), default="face",

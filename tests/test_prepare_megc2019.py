@@ -23,21 +23,30 @@ from scripts.datatools.megc2019.sheets import CASME2_COLUMNS, read_sheet
 
 REPO = Path(__file__).resolve().parent.parent
 COUNTS = {"smic": {"negative": 2, "positive": 2, "surprise": 1},
-          "casme2": {"negative": 2, "positive": 1, "surprise": 1},
-          "samm": {"negative": 2, "positive": 1, "surprise": 1}}
+          "casme2": {"negative": 4, "positive": 1, "surprise": 1},
+          "samm": {"negative": 4, "positive": 1, "surprise": 1}}
 SUBJECTS = {"smic": ["smic_s1", "smic_s2"], "casme2": ["casme2_sub01", "casme2_sub02"],
             "samm": ["samm_006", "samm_007"]}
 EXCLUDED = {"casme2 fear": 1, "casme2 others": 1, "samm other": 1}
-# kind, where (a sheet row or a folder), part of the detail: every anomaly of the fake releases
+# kind, where (a sheet row or a folder), part of the detail: the anomalies of the fake releases
+# that are always left out
 LEFT_OUT = {
     ("too_few_frames", "s2_ne_02", "1 frame(s)"),
-    ("bad_row", f"{db.CASME2_SHEET} row 8", "apex '/' is not a frame number"),
-    ("apex_outside_clip", f"{db.CASME2_SHEET} row 9", "apex frame 70 is outside the clip (frames 38..53)"),
     ("missing_frame", f"{db.CASME2_SHEET} row 10", "frame 63 is missing"),
     ("missing_folder", f"{db.CASME2_SHEET} row 11", "sub03/EP01_01: no clip folder"),
-    ("apex_outside_clip", f"{db.SAMM_SHEET} row 20", "apex frame 740 is outside the clip (frames 698..713)"),
     ("duplicate", f"{db.SAMM_SHEET} row 21", f"as {db.SAMM_SHEET} row 15"),
 }
+# the rows whose apex the sheet lacks or gets wrong: clip, sheet row, apex_reason, and as LEFT_OUT's
+# rows with --no_estimate_bad_apex
+BAD_APEX = {
+    ("EP06_01f", f"{db.CASME2_SHEET} row 8", "apex '/'"): ("bad_row", "apex '/' is not a frame number"),
+    ("EP08_04", f"{db.CASME2_SHEET} row 9", "apex outside the clip"):
+        ("apex_outside_clip", "apex frame 70 is outside the clip (frames 38..53)"),
+    ("006_2_1", f"{db.SAMM_SHEET} row 20", "apex outside the clip"):
+        ("apex_outside_clip", "apex frame 740 is outside the clip (frames 698..713)"),
+    ("007_4_1", f"{db.SAMM_SHEET} row 22", "apex '-1'"): ("bad_row", "apex '-1' is not a frame number"),
+}
+LEFT_OUT_WITHOUT_ESTIMATE = LEFT_OUT | {(kind, where, detail) for (_, where, _), (kind, detail) in BAD_APEX.items()}
 
 
 def prepare_argv(releases: fake.FakeReleases, out: Path, *extra: str) -> list[str]:
@@ -55,14 +64,25 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> fake.FakeReleases:
     return fake.FakeReleases(out / "SMIC", out / "CASME2", out / "SAMM")
 
 
+def run_prepare(releases: fake.FakeReleases, out: Path, *extra: str) -> tuple[Path, dict, str, str]:
+    """(out folder, summary, stdout, stderr) of the preparation at 64 px with the flags `extra`."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        summary = cli.main(prepare_argv(releases, out, *extra))
+    return out, summary, stdout.getvalue(), stderr.getvalue()
+
+
 @pytest.fixture(scope="module")
 def prepared(releases: fake.FakeReleases, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str, str]:
     """(out folder, summary, stdout, stderr) of the default preparation (face crop) at 64 px."""
-    out = tmp_path_factory.mktemp("prepared") / "megc2019"
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        summary = cli.main(prepare_argv(releases, out))
-    return out, summary, stdout.getvalue(), stderr.getvalue()
+    return run_prepare(releases, tmp_path_factory.mktemp("prepared") / "megc2019")
+
+
+@pytest.fixture(scope="module")
+def prepared_without_estimate(releases: fake.FakeReleases,
+                              tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str, str]:
+    """As `prepared`, with --no_estimate_bad_apex."""
+    return run_prepare(releases, tmp_path_factory.mktemp("no_estimate") / "megc2019", "--no_estimate_bad_apex")
 
 
 def read_samples(out: Path) -> list[dict[str, str]]:
@@ -76,13 +96,13 @@ def read_samples(out: Path) -> list[dict[str, str]]:
 
 def test_counts_subjects_and_printed_table(prepared: tuple[Path, dict, str, str]) -> None:
     out, summary, stdout, _ = prepared
-    assert summary["counts"] == COUNTS and summary["subjects"] == SUBJECTS and summary["samples"] == 13
+    assert summary["counts"] == COUNTS and summary["subjects"] == SUBJECTS and summary["samples"] == 17
     assert summary["excluded"] == EXCLUDED
     table = stdout.splitlines()
     assert table[1].split() == ["database", "dbtype", "subjects", "negative", "positive", "surprise", "total"]
     assert [line.split() for line in table[2:6]] == [
-        ["smic", "1", "2", "2", "2", "1", "5"], ["casme2", "2", "2", "2", "1", "1", "4"],
-        ["samm", "3", "2", "2", "1", "1", "4"], ["all", "6", "6", "4", "3", "13"]]
+        ["smic", "1", "2", "2", "2", "1", "5"], ["casme2", "2", "2", "4", "1", "1", "6"],
+        ["samm", "3", "2", "4", "1", "1", "6"], ["all", "6", "10", "4", "3", "17"]]
     assert "excluded by the MEGC2019 mapping: casme2 fear 1, casme2 others 1, samm other 1" in stdout
     assert (out / "prepare_report.txt").read_text().startswith(stdout)
 
@@ -94,7 +114,8 @@ def test_megc2019_mapping(prepared: tuple[Path, dict, str, str]) -> None:
                       ("smic", "surprise"): "surprise", ("casme2", "happiness"): "positive",
                       ("casme2", "disgust"): "negative", ("casme2", "repression"): "negative",
                       ("casme2", "surprise"): "surprise", ("samm", "anger"): "negative",
-                      ("samm", "contempt"): "negative", ("samm", "happiness"): "positive",
+                      ("samm", "contempt"): "negative", ("samm", "disgust"): "negative",
+                      ("samm", "fear"): "negative", ("samm", "happiness"): "positive",
                       ("samm", "surprise"): "surprise"}
     assert all(int(s["label"]) == db.CLASSES.index(s["class"]) for s in samples)
     assert db.CLASSES == ("negative", "positive", "surprise")
@@ -121,8 +142,8 @@ def test_lists_dbtypes_and_loso_splits(prepared: tuple[Path, dict, str, str]) ->
         test_keys, train_keys = ({dataset.sample_key(e.path) for e in entries} for entries in (test, train))
         assert not test_keys & train_keys and not any(k.startswith(f"{subject}-") for k in train_keys)
         everything |= test_keys
-        assert len(test_keys | train_keys) == 13
-    assert len(everything) == 13
+        assert len(test_keys | train_keys) == 17
+    assert len(everything) == 17
     assert db.DBTYPES == {"smic": 1, "casme2": 2, "samm": 3}
 
 
@@ -142,11 +163,54 @@ def test_images_are_signed_rgb_differences(prepared: tuple[Path, dict, str, str]
 
 def test_smic_apex_is_estimated(prepared: tuple[Path, dict, str, str]) -> None:
     samples = read_samples(prepared[0])
-    smic = {s["clip"]: int(s["apex"]) for s in samples if s["database"] == "smic"}
-    assert smic == fake.SMIC_APEX
-    assert {s["apex_source"] for s in samples} == {"annotated", "estimated"}
-    assert all(s["apex_source"] == ("estimated" if s["database"] == "smic" else "annotated") for s in samples)
-    assert prepared[1]["estimated_apex"] == 5
+    smic = {s["clip"]: (int(s["apex"]), s["apex_source"], s["apex_reason"]) for s in samples if s["database"] == "smic"}
+    assert smic == {clip: (apex, "estimated", "no apex annotation") for clip, apex in fake.SMIC_APEX.items()}
+    bad_apex = {clip for clip, _, _ in BAD_APEX}
+    annotated = [s for s in samples if s["database"] != "smic" and s["clip"] not in bad_apex]
+    assert len(annotated) == 8 and {(s["apex_source"], s["apex_reason"]) for s in annotated} == {("annotated", "")}
+
+
+def test_bad_sheet_apex_is_estimated_by_default(prepared: tuple[Path, dict, str, str]) -> None:
+    out, summary, stdout, stderr = prepared
+    samples = {s["clip"]: s for s in read_samples(out)}
+    estimated = {clip: (int(samples[clip]["apex"]), samples[clip]["apex_source"], samples[clip]["apex_reason"])
+                 for clip, _, _ in BAD_APEX}
+    # the estimate is the frame where the fake clip's blob peaks (its largest difference from the onset)
+    assert set(fake.BAD_APEX_PEAK) == set(estimated)
+    assert estimated == {clip: (fake.BAD_APEX_PEAK[clip], "estimated", reason) for clip, _, reason in BAD_APEX}
+    assert all(s["key"].startswith(f"{s['subject']}-{s['clip']}-{s['apex']}-") for s in samples.values())
+    assert summary["bad_apex_estimated"] == {"CASME II apex '/'": 1, "CASME II apex outside the clip": 1,
+                                             "SAMM apex '-1'": 1, "SAMM apex outside the clip": 1}
+    assert summary["estimated_apex"] == {**summary["bad_apex_estimated"], "SMIC-HS no apex annotation": 5}
+    assert ("kept 17 of the 442 samples of the standard composite (SMIC-HS 5 of 164, CASME II 6 of 145, SAMM 6 of "
+            "133): 4 left out (duplicate: 1, missing_folder: 1, missing_frame: 1, too_few_frames: 1), 421 not in the "
+            "given releases; 4 with an estimated apex (CASME II apex '/': 1, CASME II apex outside the clip: 1, "
+            "SAMM apex '-1': 1, SAMM apex outside the clip: 1)\n") in stdout
+    assert "apex estimated for 9 clips, 5 of them SMIC's (no apex annotation)" in stdout
+    assert not any(where in line for line in stderr.splitlines() for _, where, _ in BAD_APEX)
+    report = (out / "prepare_report.txt").read_text()
+    assert "apex estimated (9):" in report
+    assert f"  [apex '-1'] {db.SAMM_SHEET} row 22: apex estimated: frame 1507 of frames 1500..1513" in report
+    assert f"  [apex '/'] {db.CASME2_SHEET} row 8: apex estimated: frame 19 of frames 12..25" in report
+
+
+def test_bad_sheet_apex_left_out_without_estimate(prepared_without_estimate: tuple[Path, dict, str, str]) -> None:
+    out, summary, stdout, stderr = prepared_without_estimate
+    found = {(i["kind"], i["source"], i["detail"]) for i in summary["left_out"]}
+    assert len(found) == len(LEFT_OUT_WITHOUT_ESTIMATE) == 8
+    for kind, where, detail in LEFT_OUT_WITHOUT_ESTIMATE:
+        assert any(k == kind and where in s + d and detail in d for k, s, d in found), (kind, where)
+    assert len([line for line in stderr.splitlines() if line.startswith("warning: ")]) == 8
+    samples = read_samples(out)
+    assert len(samples) == summary["samples"] == 13
+    assert not {s["clip"] for s in samples} & {clip for clip, _, _ in BAD_APEX}
+    assert {s["apex_source"] for s in samples if s["database"] != "smic"} == {"annotated"}
+    assert summary["bad_apex_estimated"] == {} and summary["estimated_apex"] == {"SMIC-HS no apex annotation": 5}
+    assert ("kept 13 of the 442 samples of the standard composite (SMIC-HS 5 of 164, CASME II 4 of 145, SAMM 4 of "
+            "133): 8 left out (apex_outside_clip: 2, bad_row: 2, duplicate: 1, missing_folder: 1, missing_frame: 1, "
+            "too_few_frames: 1), 421 not in the given releases; 0 with an estimated apex (--no_estimate_bad_apex: "
+            "rows with a bad apex left out)\n") in stdout
+    assert "left out (8):" in (out / "prepare_report.txt").read_text()
 
 
 def test_apex_image_blurs_noise() -> None:
@@ -169,11 +233,11 @@ def test_anomalies_are_reported_and_left_out(prepared: tuple[Path, dict, str, st
         assert any(k == kind and where in s + d and detail in d for k, s, d in found), (kind, where)
     warnings = [line for line in stderr.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == len(LEFT_OUT) and all(line.endswith("; left out") for line in warnings)
-    assert not any("EP09_02" in s["clip"] or "006_2_1" in s["clip"] for s in read_samples(out))
+    assert not any("EP09_02" in s["clip"] or "EP01_01" == s["clip"] for s in read_samples(out))
     # the fake frames hold no face: the whole frame is used, and each clip says so
-    assert {i["kind"] for i in summary["notes"]} == {"no_face"} and len(summary["notes"]) == 13
+    assert {i["kind"] for i in summary["notes"]} == {"no_face"} and len(summary["notes"]) == 17
     report = (out / "prepare_report.txt").read_text()
-    assert "left out (7):" in report and "[duplicate]" in report
+    assert "left out (4):" in report and "[duplicate]" in report
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, list[str]]:

@@ -28,17 +28,17 @@ def test_rgb_only_loso_on_megc2019_reports_each_database(prepared, tmp_path: Pat
     results = finetune.main(["--data_folder", str(out), "--model_path", str(checkpoint), "--view", "RGB",
                              "--save_path", str(tmp_path / "eval"), "--epochs", "1", "--image_size", "64",
                              "--num_workers", "0", "--batch_size", "4", "--no_progress", "--freeze_encoder"])
-    assert results["n_samples"] == 13
+    assert results["n_samples"] == 17
     assert set(results["per_database"]) == {"SMIC-HS", "CASME II", "SAMM"}
-    assert {db["n_samples"] for db in results["per_database"].values()} == {5, 4}
-    assert sum(db["n_samples"] for db in results["per_database"].values()) == 13
+    assert {db["n_samples"] for db in results["per_database"].values()} == {5, 6}
+    assert sum(db["n_samples"] for db in results["per_database"].values()) == 17
     assert [db["dbtype"] for db in results["per_database"].values()] == [1, 2, 3]
     run = next((tmp_path / "eval").iterdir())
     assert run.name.endswith("_viewRGB_crossentropy_lr0.01_ep1_seed0") or "_viewRGB_" in run.name
     header = (run / "predictions.csv").read_text().splitlines()[0]
     assert header == "seed,unit,subject,sample,label,prediction,dbtype"
     from scripts import results_table
-    table = results_table.format_table(results_table.read_rows(f"megc={run}"))
+    table = results_table.format_table(results_table.table_rows(results_table.parse_row(f"megc={run}")))
     assert "  SMIC-HS" in table and "  SAMM" in table
 
 

@@ -3,8 +3,9 @@
 - `sheets`: the CASME II and SAMM annotation sheets (header row found by its column names);
 - `databases`: the three releases (SMIC-HS folders, CASME II and SAMM sheets and frames) read
   into clips with the MEGC2019 3-class mapping and composite subject names;
-- `images`: the face crop, the SMIC apex estimate and one clip's RGB difference image (what
-  workers run);
-- `prepare`: the driver, the LOSO lists, the samples table and the counts;
+- `images`: the face crop, the apex estimate (SMIC, bad sheet apexes) and one clip's RGB
+  difference image (what workers run);
+- `prepare`: the driver, the LOSO lists, the samples table and the counts (against the
+  standard composite's);
 - `fake`: tiny fake releases of the three databases for tests (`scripts/make_fake_megc2019.py`).
 """

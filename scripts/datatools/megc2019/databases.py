@@ -12,7 +12,9 @@ Layouts (frame numbers are the trailing digits of a frame's file name):
               Offset Frame, Estimated Emotion)
 
 SMIC has no apex annotation: its clips start at the onset, and the apex is estimated from all of
-their frames (`images.estimate_apex`).
+their frames (`images.estimate_apex`). A CASME II or SAMM row whose apex the sheet lacks or gets
+wrong (not a frame number, outside the clip, not after the onset) gets the same estimate over the
+clip's frames from the onset on (`estimate_bad_apex`), or is left out.
 """
 from __future__ import annotations
 
@@ -20,9 +22,9 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
-from dataset import DEFAULT_CLASS_NAMES
+from dataset import DATABASES as DATABASE_NAMES, DEFAULT_CLASS_NAMES
 from scripts.datatools.casme3.report import Report
 from scripts.datatools.megc2019.sheets import (CASME2_COLUMNS, SAMM_COLUMNS, Sheet, cell_number, cell_text,
                                                read_sheet)
@@ -38,12 +40,22 @@ EMOTION_CLASS = {
     "samm": {"anger": "negative", "contempt": "negative", "disgust": "negative", "fear": "negative",
              "sadness": "negative", "happiness": "positive", "surprise": "surprise"},
 }
+# The standard MEGC2019-CD (442 samples of 68 subjects): samples per database and class.
+STANDARD_COUNTS = {"smic": {"negative": 70, "positive": 51, "surprise": 43},
+                   "casme2": {"negative": 88, "positive": 32, "surprise": 25},
+                   "samm": {"negative": 92, "positive": 26, "surprise": 15}}
+SMIC_APEX_REASON = "no apex annotation"
 CASME2_FRAMES, CASME2_SHEET = "CASME2_RAW_selected", "CASME2-coding-20140508.xlsx"
 SAMM_FRAMES, SAMM_SHEET = "SAMM", "SAMM_Micro_FACS_Codes_v2.xlsx"
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".bmp", ".png")
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
 _SMIC_SUBJECT = re.compile(r"^s0*(\d+)$", re.IGNORECASE)
 _CASME2_SUBJECT = re.compile(r"^(?:sub)?0*(\d+)$", re.IGNORECASE)
+
+
+def database_name(database: str) -> str:
+    """The database's printed name (`dataset.DATABASES`): 'SMIC-HS', 'CASME II', 'SAMM'."""
+    return DATABASE_NAMES[DBTYPES[database]]
 
 
 def subject_name(database: str, number: int) -> str:
@@ -54,7 +66,8 @@ def subject_name(database: str, number: int) -> str:
 @dataclass(frozen=True)
 class Clip:
     """One micro-expression to encode. `frames`: (frame number, path) in frame order: the onset and
-    apex frames of an annotated clip, every frame of a SMIC clip (`apex` None: to be estimated)."""
+    apex frames of an annotated clip; with `apex` None (to be estimated), every frame from the onset
+    on, and `apex_reason` says why the apex is estimated ('' when annotated)."""
     database: str
     subject: str
     video: str
@@ -64,6 +77,7 @@ class Clip:
     apex: int | None
     frames: tuple[tuple[int, str], ...]
     source: str
+    apex_reason: str = ""
 
     @property
     def label(self) -> int:
@@ -80,6 +94,32 @@ def frame_index(folder: Path) -> dict[int, Path]:
             if path.suffix.lower() in FRAME_SUFFIXES and match and path.is_file():
                 frames.setdefault(int(match.group(1)), path)
     return frames
+
+
+class LeftOut(Exception):
+    """A row or folder that cannot be used; `kind` names the reason in the report."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+
+
+class ApexProblem(NamedTuple):
+    """Why a sheet's apex cannot be used: report `kind` and `detail` when the row is left out,
+    `reason` (e.g. "apex '/'", 'apex outside the clip') when its apex is estimated instead."""
+    kind: str
+    detail: str
+    reason: str
+
+
+def frames_from(frames: dict[int, Path], onset: int) -> tuple[tuple[int, str], ...]:
+    """(frame number, path) of a clip's frames from `onset` on, in frame order: what the apex
+    estimate searches. LeftOut when there is no later frame than the onset."""
+    kept = tuple((number, str(path)) for number, path in sorted(frames.items()) if number >= onset)
+    if len(kept) < 2:
+        raise LeftOut("too_few_frames", f"{len(kept)} frame(s) from the onset on: the apex estimate needs "
+                                        f"an onset and a later frame")
+    return kept
 
 
 def warn(report: Report, kind: str, source: str, detail: str) -> None:
@@ -112,14 +152,15 @@ def read_smic(root: Path, report: Report) -> list[Clip]:
                      f"negative, positive or surprise")
                 continue
             for clip_folder in sorted(p for p in class_folder.iterdir() if p.is_dir()):
-                frames = sorted(frame_index(clip_folder).items())
-                if len(frames) < 2:
-                    warn(report, "too_few_frames", str(clip_folder),
-                         f"{len(frames)} frame(s): an onset and a later apex frame are needed")
+                index = frame_index(clip_folder)
+                try:
+                    frames = frames_from(index, min(index, default=0))
+                except LeftOut as problem:
+                    warn(report, problem.kind, str(clip_folder), str(problem))
                     continue
                 clips.append(Clip("smic", subject_name("smic", number), clip_folder.name, emotion,
-                                  EMOTION_CLASS["smic"][emotion], frames[0][0], None,
-                                  tuple((n, str(p)) for n, p in frames), str(clip_folder)))
+                                  EMOTION_CLASS["smic"][emotion], frames[0][0], None, frames, str(clip_folder),
+                                  SMIC_APEX_REASON))
     return clips
 
 
@@ -127,9 +168,10 @@ def read_smic(root: Path, report: Report) -> list[Clip]:
 # CASME II and SAMM: an annotation sheet and frame folders
 
 
-def read_casme2(root: Path, sheet_path: Path | None, report: Report) -> list[Clip]:
+def read_casme2(root: Path, sheet_path: Path | None, report: Report, estimate_bad_apex: bool = True) -> list[Clip]:
     """CASME II clips: `root` holds `CASME2_RAW_selected/` (or is it); the sheet defaults to
-    `root/CASME2-coding-20140508.xlsx`."""
+    `root/CASME2-coding-20140508.xlsx`. `estimate_bad_apex`: a row whose apex the sheet lacks or gets
+    wrong is kept with an estimated apex (else left out)."""
     frames_root = root / CASME2_FRAMES if (root / CASME2_FRAMES).is_dir() else root
     sheet = read_sheet(sheet_path or root / CASME2_SHEET, CASME2_COLUMNS)
 
@@ -137,23 +179,27 @@ def read_casme2(root: Path, sheet_path: Path | None, report: Report) -> list[Cli
         match = _CASME2_SUBJECT.match(cell_text(cell))
         return int(match.group(1)) if match else None
 
-    return _annotated("casme2", sheet, subject_of, lambda n, video: frames_root / f"sub{n:02d}" / video, report)
+    return _annotated("casme2", sheet, subject_of, lambda n, video: frames_root / f"sub{n:02d}" / video, report,
+                      estimate_bad_apex)
 
 
-def read_samm(root: Path, sheet_path: Path | None, report: Report) -> list[Clip]:
+def read_samm(root: Path, sheet_path: Path | None, report: Report, estimate_bad_apex: bool = True) -> list[Clip]:
     """SAMM clips: `root` holds the subject folders (directly or under `SAMM/`); the sheet defaults
-    to `root/SAMM_Micro_FACS_Codes_v2.xlsx`, else the one beside `root`."""
+    to `root/SAMM_Micro_FACS_Codes_v2.xlsx`, else the one beside `root`. `estimate_bad_apex` as for
+    `read_casme2`."""
     frames_root = root / SAMM_FRAMES if (root / SAMM_FRAMES).is_dir() else root
     if sheet_path is None:
         sheet_path = next((p for p in (root / SAMM_SHEET, root.parent / SAMM_SHEET) if p.is_file()), root / SAMM_SHEET)
     sheet = read_sheet(sheet_path, SAMM_COLUMNS)
-    return _annotated("samm", sheet, cell_number, lambda n, video: frames_root / f"{n:03d}" / video, report)
+    return _annotated("samm", sheet, cell_number, lambda n, video: frames_root / f"{n:03d}" / video, report,
+                      estimate_bad_apex)
 
 
 def _annotated(database: str, sheet: Sheet, subject_of: Callable[[object], int | None],
-               folder_of: Callable[[int, str], Path], report: Report) -> list[Clip]:
-    """The usable rows of an annotation sheet as clips; the others reported (mapping: excluded;
-    anything else: skipped with a warning)."""
+               folder_of: Callable[[int, str], Path], report: Report, estimate_bad_apex: bool) -> list[Clip]:
+    """The usable rows of an annotation sheet as clips (a row with an unusable apex: apex None, to
+    be estimated, when `estimate_bad_apex`); the others reported (mapping: excluded; anything else:
+    skipped with a warning)."""
     mapping = EMOTION_CLASS[database]
     clips, seen = [], {}
     for row_no, cells in sheet.rows:
@@ -169,40 +215,66 @@ def _annotated(database: str, sheet: Sheet, subject_of: Callable[[object], int |
             report.add("excluded", f"{database} {emotion or '(empty)'}", source,
                        f"emotion {emotion or '(empty)'!r} is not in the MEGC2019 classes")
             continue
-        onset, apex = cell_number(cells.get("onsetframe")), cell_number(cells.get("apexframe"))
-        if onset is None or apex is None:
-            warn(report, "bad_row", source, f"onset {cells.get('onsetframe')!r} / apex {cells.get('apexframe')!r} "
-                                            f"is not a frame number")
-            continue
-        identity = (number, video, onset, apex)
+        identity = (number, video, cell_text(cells.get("onsetframe")), cell_text(cells.get("apexframe")))
         if identity in seen:
             warn(report, "duplicate", source, f"same subject, clip, onset and apex as {seen[identity]}")
             continue
         seen[identity] = source
         folder = folder_of(number, video)
-        frames = frame_index(folder)
-        problem = _frame_problem(frames, onset, apex)
-        if problem:
-            warn(report, problem[0], source, f"{folder}: {problem[1]}")
+        try:
+            onset, apex, frames, apex_reason = _row_frames(cells, frame_index(folder), estimate_bad_apex)
+        except LeftOut as problem:
+            warn(report, problem.kind, source, f"{folder}: {problem}")
             continue
         clips.append(Clip(database, subject_name(database, number), video, emotion, mapping[emotion], onset, apex,
-                          ((onset, str(frames[onset])), (apex, str(frames[apex]))), source))
+                          frames, source, apex_reason))
     return clips
 
 
-def _frame_problem(frames: dict[int, Path], onset: int, apex: int) -> tuple[str, str] | None:
-    """(kind, detail) of why a clip's onset and apex frames cannot be used, or None."""
+def _row_frames(cells: dict[str, object], frames: dict[int, Path],
+                estimate_bad_apex: bool) -> tuple[int, int | None, tuple[tuple[int, str], ...], str]:
+    """(onset, apex, frames, apex_reason) of a sheet row's `Clip`: its onset and apex frames, or, when
+    the sheet's apex is unusable and `estimate_bad_apex`, apex None and every frame from the onset on.
+    LeftOut when the row cannot be used."""
+    onset_text, apex_text = cell_text(cells.get("onsetframe")), cell_text(cells.get("apexframe"))
+    onset, apex = cell_number(onset_text), cell_number(apex_text)
+    if onset is None:
+        raise LeftOut("bad_row", f"onset {onset_text!r} is not a frame number")
+    _check_onset(frames, onset)
+    problem = _apex_problem(frames, onset, apex, apex_text)
+    if problem is None:
+        if apex not in frames:
+            raise LeftOut("missing_frame", f"frame {apex} is missing")
+        return onset, apex, ((onset, str(frames[onset])), (apex, str(frames[apex]))), ""
+    if not estimate_bad_apex:
+        raise LeftOut(problem.kind, problem.detail)
+    return onset, None, frames_from(frames, onset), problem.reason
+
+
+def _check_onset(frames: dict[int, Path], onset: int) -> None:
+    """Returns None when the clip has frames and its onset frame is one of them; LeftOut otherwise."""
     if not frames:
-        return "missing_folder", "no clip folder with frames"
+        raise LeftOut("missing_folder", "no clip folder with frames")
     first, last = min(frames), max(frames)
-    for name, number in (("onset", onset), ("apex", apex)):
-        if not first <= number <= last:
-            return f"{name}_outside_clip", f"{name} frame {number} is outside the clip (frames {first}..{last})"
+    if not first <= onset <= last:
+        raise LeftOut("onset_outside_clip", f"onset frame {onset} is outside the clip (frames {first}..{last})")
+    if onset not in frames:
+        raise LeftOut("missing_frame", f"frame {onset} is missing")
+
+
+def _apex_problem(frames: dict[int, Path], onset: int, apex: int | None, apex_text: str) -> ApexProblem | None:
+    """Why the sheet's apex (`apex`, None when its cell `apex_text` is no frame number) cannot be
+    used for a clip of `frames` from `onset`, or None when it can."""
+    first, last = min(frames), max(frames)
+    if apex is None:
+        return ApexProblem("bad_row", f"apex {apex_text!r} is not a frame number", f"apex {apex_text!r}")
+    if not first <= apex <= last:
+        return ApexProblem("apex_outside_clip", f"apex frame {apex} is outside the clip (frames {first}..{last})",
+                           "apex outside the clip")
     if apex < onset:
-        return "apex_before_onset", f"apex frame {apex} is before onset frame {onset}"
+        return ApexProblem("apex_before_onset", f"apex frame {apex} is before onset frame {onset}",
+                           "apex before the onset")
     if apex == onset:
-        return "apex_equals_onset", f"apex == onset == {onset}: an all-zero difference"
-    for number in (onset, apex):
-        if number not in frames:
-            return "missing_frame", f"frame {number} is missing"
+        return ApexProblem("apex_equals_onset", f"apex == onset == {onset}: an all-zero difference",
+                           "apex equal to the onset")
     return None

@@ -11,12 +11,15 @@ Not real data. The releases have the real layouts, sheet columns and a few known
 
 Frames are a smooth texture per clip with a Gaussian blob that brightens linearly from the onset to
 the apex and fades after it, so the apex is the frame most unlike the onset (the SMIC estimate
-must find `SMIC_APEX`).
+must find `SMIC_APEX`). A sheet row whose apex is not a frame of its clip gets the blob's peak at
+the middle of the clip (`BAD_APEX_PEAK`: what the estimate must find).
 
-Anomalies (each left out with a warning): a SMIC clip of one frame; a CASME II apex '/', an apex
-outside its clip, a missing apex frame, a subject without folders; a SAMM apex outside its clip
-and a duplicated row. Emotions outside the MEGC2019 classes (CASME II others and fear, SAMM Other)
-are excluded by the mapping.
+Anomalies: rows whose apex the sheet lacks or gets wrong (a CASME II apex '/' and an apex outside
+its clip; a SAMM apex -1 and an apex outside its clip), kept with an estimated apex by default and
+left out with a warning by `--no_estimate_bad_apex`; and, always left out with a warning, a SMIC
+clip of one frame, a CASME II missing apex frame and subject without folders, a duplicated SAMM
+row. Emotions outside the MEGC2019 classes (CASME II others and fear, SAMM Other) are excluded by
+the mapping.
 """
 from __future__ import annotations
 
@@ -71,9 +74,23 @@ SAMM_ROWS = (
     (7, "007_6_1", 900, 903, 907, "Other"),
     (6, "006_2_1", 700, 740, 745, "Disgust"),
     (6, "006_1_2", 5562, 5566, 5571, "Anger"),
+    (7, "007_4_1", 1500, -1, 1510, "Fear"),
 )
 CLIP_PADDING = 2  # frames before the onset, and after the offset (or a short clip's end)
 CLIP_LENGTH = 14  # frames of an annotated clip's folder from its onset
+
+
+def peak_frame(onset: int, apex: int | str) -> int:
+    """Frame number of the blob's peak in a sheet row's clip: the annotated apex when it lies in
+    the clip after the onset, else the middle of the clip's frames from the onset on."""
+    inside = isinstance(apex, int) and onset < apex < onset + CLIP_LENGTH
+    return apex if inside else onset + CLIP_LENGTH // 2
+
+
+# clip -> the frame the apex estimate must find, for every sheet row whose apex is not a frame of its
+# clip after the onset
+BAD_APEX_PEAK = {video: peak_frame(onset, apex) for rows in (CASME2_ROWS, SAMM_ROWS)
+                 for _, video, onset, apex, _, _ in rows if peak_frame(onset, apex) != apex}
 
 
 @dataclass(frozen=True)
@@ -112,13 +129,9 @@ def _write_clip(folder: Path, names: list[str], frames: list[np.ndarray]) -> Non
 
 def _annotated_clip(folder: Path, seed: int, onset: int, apex: int | str, name_of: Callable[[int], str],
                     grey: bool = False) -> None:
-    """Frames onset - CLIP_PADDING .. onset + CLIP_LENGTH - 1, apex at the annotated frame when it
-    lies inside (else at the middle)."""
-    first = onset - CLIP_PADDING
-    numbers = list(range(first, onset + CLIP_LENGTH))
-    inside = isinstance(apex, int) and apex in numbers
-    apex_at = (apex if inside else onset + CLIP_LENGTH // 2) - onset
-    frames = render_clip(seed, CLIP_LENGTH, apex_at, grey)
+    """Frames onset - CLIP_PADDING .. onset + CLIP_LENGTH - 1, the blob's peak at `peak_frame`."""
+    numbers = list(range(onset - CLIP_PADDING, onset + CLIP_LENGTH))
+    frames = render_clip(seed, CLIP_LENGTH, peak_frame(onset, apex) - onset, grey)
     frames = [frames[0]] * CLIP_PADDING + frames
     _write_clip(folder, [name_of(n) for n in numbers], frames)
 

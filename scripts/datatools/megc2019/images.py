@@ -1,4 +1,4 @@
-"""Image side of the MEGC2019 preparation: the crop, the SMIC apex estimate and one clip's RGB
+"""Image side of the MEGC2019 preparation: the crop, the apex estimate and one clip's RGB
 difference image (`process_clip` is what the `--workers` processes run).
 
 The encoding is the CAS(ME)^3 preparation's (`scripts.datatools.casme3.images`), RGB view only:
@@ -12,10 +12,11 @@ widened by `crop_margin` of its side on each side (`--crop face`), or the whole 
 none`, or when no face is found, which is reported). Greyscale frames (SAMM) give three equal
 channels.
 
-SMIC apex estimate: among the frames after the first (the onset), the one whose face crop differs
-most from the onset's: the mean absolute difference of the grey crops, each resized to
-`APEX_SIDE` x `APEX_SIDE` and blurred by a Gaussian of `APEX_SIGMA` pixels; ties go to the
-earlier frame. Resizing and blurring keep sensor noise from choosing the frame.
+Apex estimate (SMIC, and CASME II or SAMM rows whose sheet apex is unusable: `ClipTask.apex`
+None): among the frames after the first (the onset), the one whose face crop differs most from the
+onset's: the mean absolute difference of the grey crops, each resized to `APEX_SIDE` x
+`APEX_SIDE` and blurred by a Gaussian of `APEX_SIGMA` pixels; ties go to the earlier frame.
+Resizing and blurring keep sensor noise from choosing the frame.
 """
 from __future__ import annotations
 

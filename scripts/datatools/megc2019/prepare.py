@@ -7,8 +7,10 @@ to it:
     megc2019_diff/<database>/<class>/<key>.png    RGB onset-apex difference, 8-bit, 3 channels
     data/v_rgb/<subject>_test.txt, <subject>_train.txt, subName.txt; data/classes.txt
     megc2019_samples.csv                           one row a sample: database, subject, clip,
-                                                   emotion, class, onset, apex (annotated|estimated)
-    prepare_report.txt                             the counts and every row left out, and why
+                                                   emotion, class, onset, apex, apex_source
+                                                   (annotated|estimated), apex_reason (why estimated)
+    prepare_report.txt                             the counts against the standard composite's, and
+                                                   every row left out or estimated, and why
 
 List lines are `<path> <label> <dbtype>`: labels 0 negative, 1 positive, 2 surprise; dbtype 1
 SMIC, 2 CASME II, 3 SAMM. A subject's train list holds every other subject's samples. There is no
@@ -49,6 +51,7 @@ class Settings:
     casme2_sheet: str | None
     samm: str | None
     samm_sheet: str | None
+    estimate_bad_apex: bool
     crop: str
     crop_margin: float
     image_size: int
@@ -61,6 +64,11 @@ class Settings:
         return cls(**vars(flags))
 
     @property
+    def given(self) -> list[str]:
+        """The databases given (of INPUTS), in database order."""
+        return [name for name in INPUTS if getattr(self, name)]
+
+    @property
     def image_settings(self) -> ImageSettings:
         """The settings that change the written images."""
         return ImageSettings(self.crop, self.crop_margin, self.image_size, self.rgb_gain)
@@ -68,7 +76,7 @@ class Settings:
 
 def check(settings: Settings) -> None:
     """Validate flag values and paths; UserError naming the first problem."""
-    given = [name for name in INPUTS if getattr(settings, name)]
+    given = settings.given
     if not given:
         raise UserError("no database given: pass at least one of --smic, --casme2, --samm")
     for name in given:
@@ -92,9 +100,10 @@ def read_clips(settings: Settings, report: Report) -> list[db.Clip]:
     if settings.smic:
         clips += db.read_smic(Path(settings.smic), report)
     if settings.casme2:
-        clips += db.read_casme2(Path(settings.casme2), _optional(settings.casme2_sheet), report)
+        clips += db.read_casme2(Path(settings.casme2), _optional(settings.casme2_sheet), report,
+                                settings.estimate_bad_apex)
     if settings.samm:
-        clips += db.read_samm(Path(settings.samm), _optional(settings.samm_sheet), report)
+        clips += db.read_samm(Path(settings.samm), _optional(settings.samm_sheet), report, settings.estimate_bad_apex)
     return clips
 
 
@@ -123,7 +132,7 @@ def prepare(settings: Settings) -> dict:
     report = Report()
     clips = read_clips(settings, report)
     if not clips:
-        raise UserError(f"no usable micro-expression in {', '.join(str(getattr(settings, n)) for n in INPUTS if getattr(settings, n))}")
+        raise UserError(f"no usable micro-expression in {', '.join(str(getattr(settings, n)) for n in settings.given)}")
     tasks = [ClipTask(c.subject, c.video, c.frames, c.apex, str(out / IMAGE_FOLDER / c.database / c.class_name),
                       settings.image_settings) for c in clips]
     samples = []
@@ -134,12 +143,15 @@ def prepare(settings: Settings) -> dict:
             continue
         for kind, detail in result.notes:
             report.add("anomaly", kind, clip.source, detail)
+        if clip.apex is None:
+            report.add("estimated", clip.apex_reason, clip.source, f"apex estimated: frame {result.apex} of frames "
+                                                                  f"{clip.frames[0][0]}..{clip.frames[-1][0]}")
         samples.append((clip, result))
     if not samples:
         raise UserError(f"no clip could be encoded ({', '.join(f'{k} {n}' for k, n in report.kinds('skipped').items())})")
     write_lists(out, samples)
     write_samples(out / SAMPLES_CSV, out, samples)
-    summary = summarize(out, samples, report)
+    summary = summarize(samples, report, settings)
     text = summary_text(summary)
     atomic_write_text(out / REPORT_FILE, text + _items_text(report))
     print(text, end="")
@@ -173,32 +185,44 @@ def write_samples(path: Path, out: Path, samples: Sequence[tuple[db.Clip, ClipRe
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(("key", "database", "dbtype", "subject", "clip", "emotion", "class", "label", "onset", "apex",
-                     "apex_source", "rgb"))
+                     "apex_source", "apex_reason", "rgb"))
     for clip, result in samples:
         writer.writerow((result.key, clip.database, db.DBTYPES[clip.database], clip.subject, clip.video, clip.emotion,
                          clip.class_name, clip.label, clip.onset, result.apex,
-                         "annotated" if clip.apex is not None else "estimated",
+                         "annotated" if clip.apex is not None else "estimated", clip.apex_reason,
                          Path(result.path).relative_to(out).as_posix()))
     atomic_write_text(path, buffer.getvalue())
 
 
-def summarize(out: Path, samples: Sequence[tuple[db.Clip, ClipResult]], report: Report) -> dict:
-    """Counts per database and class, subjects per database, and the report's items."""
+def summarize(samples: Sequence[tuple[db.Clip, ClipResult]], report: Report, settings: Settings) -> dict:
+    """Counts per database and class, subjects per database, the databases given, the estimated
+    apexes by '<database name> <reason>' (all, and those a sheet lacks or gets wrong), and the
+    report's items."""
     counts = {name: {c: 0 for c in db.CLASSES} for name in db.DATABASES}
     subjects: dict[str, list[str]] = {name: [] for name in db.DATABASES}
     for clip, _ in samples:
         counts[clip.database][clip.class_name] += 1
         if clip.subject not in subjects[clip.database]:
             subjects[clip.database].append(clip.subject)
-    return {"out": str(out), "samples": len(samples), "counts": counts, "subjects": subjects,
-            "estimated_apex": sum(clip.apex is None for clip, _ in samples),
+    estimated = Counter((db.database_name(clip.database), clip.apex_reason) for clip, _ in samples
+                        if clip.apex is None)
+    return {"out": str(Path(settings.out)), "samples": len(samples), "counts": counts, "subjects": subjects,
+            "databases": settings.given,
+            "estimate_bad_apex": settings.estimate_bad_apex, "estimated_apex": _by_label(estimated),
+            "bad_apex_estimated": _by_label({key: n for key, n in estimated.items() if key[1] != db.SMIC_APEX_REASON}),
             "excluded": dict(sorted(report.kinds("excluded").items())),
             "left_out": [asdict(item) for item in report.items if item.category == "skipped"],
             "notes": [asdict(item) for item in report.items if item.category == "anomaly"]}
 
 
+def _by_label(counts: dict[tuple[str, str], int]) -> dict[str, int]:
+    """{'<database name> <reason>': count}, sorted, of counts by (database name, reason)."""
+    return {f"{name} {reason}": n for (name, reason), n in sorted(counts.items())}
+
+
 def summary_text(summary: dict) -> str:
-    """The counts table and one line each for what was excluded, left out or estimated."""
+    """The counts table, then one line each for what was excluded, noted, left out (against the
+    standard composite) and estimated."""
     header = "database  dbtype  subjects" + "".join(c.rjust(10) for c in db.CLASSES) + "total".rjust(8)
     lines = [f"MEGC2019 composite: {summary['samples']} samples -> {summary['out']}", header]
     totals = Counter()
@@ -212,23 +236,50 @@ def summary_text(summary: dict) -> str:
     excluded = summary["excluded"]
     lines.append("excluded by the MEGC2019 mapping: "
                  + (", ".join(f"{kind} {n}" for kind, n in excluded.items()) if excluded else "none"))
-    kinds = Counter(item["kind"] for item in summary["left_out"])
-    lines.append(f"left out with a warning: {len(summary['left_out'])}"
-                 + (f" ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})" if kinds else ""))
     notes = Counter(item["kind"] for item in summary["notes"])
     if notes:
         lines.append("kept, with a note: " + ", ".join(f"{k} {n}" for k, n in sorted(notes.items())))
-    lines.append(f"SMIC apex estimated for {summary['estimated_apex']} clips (largest blurred difference from "
-                 f"the onset); the others annotated")
+    lines.append(standard_text(summary))
+    estimated, bad_apex = (sum(summary[key].values()) for key in ("estimated_apex", "bad_apex_estimated"))
+    lines.append(f"apex estimated for {estimated} clips, {estimated - bad_apex} of them SMIC's (no apex annotation): "
+                 f"the frame whose blurred crop differs most from the onset's; the others annotated")
     lines.append(f"lists: {Path(summary['out']) / LIST_FOLDER / RGB_LISTS} (RGB only: evaluate with --view RGB); "
                  f"samples: {Path(summary['out']) / SAMPLES_CSV}; report: {Path(summary['out']) / REPORT_FILE}")
     return "\n".join(lines) + "\n"
 
 
+def standard_text(summary: dict) -> str:
+    """One line: how far the samples are from the standard composite's 442, and why (rows left
+    out, databases not given, rows the releases lack), and which apexes of the sheets are estimated."""
+    standard = {name: sum(counts.values()) for name, counts in db.STANDARD_COUNTS.items()}
+    kept = {name: sum(counts.values()) for name, counts in summary["counts"].items()}
+    given = summary["databases"]
+    reasons = []
+    if summary["left_out"]:
+        kinds = Counter(item["kind"] for item in summary["left_out"])
+        reasons.append(f"{len(summary['left_out'])} left out ({_counts_text(kinds)})")
+    reasons += [f"{db.database_name(name)} not given" for name in db.DATABASES if name not in given]
+    lacking = sum(standard[name] - kept[name] for name in given) - len(summary["left_out"])
+    if lacking:
+        reasons.append(f"{lacking} not in the given releases" if lacking > 0 else f"{-lacking} more than standard")
+    return (f"kept {summary['samples']} of the {sum(standard.values())} samples of the standard composite ("
+            + ", ".join(f"{db.database_name(name)} {kept[name]} of {standard[name]}" for name in db.DATABASES) + ")"
+            + (": " + ", ".join(reasons) if reasons else "")
+            + f"; {sum(summary['bad_apex_estimated'].values())} with an estimated apex"
+            + (f" ({_counts_text(summary['bad_apex_estimated'])})" if summary["bad_apex_estimated"] else "")
+            + ("" if summary["estimate_bad_apex"] else " (--no_estimate_bad_apex: rows with a bad apex left out)"))
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    """`a: 1, b: 2`, in key order."""
+    return ", ".join(f"{key}: {n}" for key, n in sorted(counts.items()))
+
+
 def _items_text(report: Report) -> str:
     """Every reported row, by category."""
     lines = []
-    for category, title in (("skipped", "left out"), ("excluded", "excluded by the mapping"), ("anomaly", "notes")):
+    for category, title in (("skipped", "left out"), ("estimated", "apex estimated"),
+                            ("excluded", "excluded by the mapping"), ("anomaly", "notes")):
         items = [item for item in report.items if item.category == category]
         lines += ["", f"{title} ({len(items)}):"] + [f"  [{i.kind}] {i.source}: {i.detail}" for i in items]
     return "\n".join(lines) + "\n"
