@@ -2,7 +2,8 @@
 
     python scripts/make_synthetic_casme3.py --out DIR --seed 0
 
-Then ``--data_folder DIR`` is all an entry script needs: the lists are under DIR/data.
+Then ``--data_folder DIR`` is all an entry script needs: the lists are under DIR/data. With
+``--raw_release`` the same data is written as a raw release for scripts/prepare_casme3.py instead.
 """
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.datatools.synthetic import generate as synthetic  # noqa: E402  (after the sys.path line)
+from scripts.datatools.fake_release import ANNOTATION_NAME  # noqa: E402  (after the sys.path line)
+from scripts.datatools.synthetic import generate as synthetic  # noqa: E402
+from scripts.datatools.synthetic.raw_release import GROUND_TRUTH_NAME, PART_A, PART_B  # noqa: E402
 from scripts.datatools.synthetic.regime import (REGIMES, knob_help, knob_names,  # noqa: E402
                                                 make_regime)
 
@@ -49,6 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--motion_compensation", action="store_true",
                         help="register the apex frame to the onset frame (global rigid motion, OpenCV ECC) "
                              "before differencing and measuring intensity, as prepare_casme3.py does")
+    parser.add_argument("--raw_release", action="store_true",
+                        help="write the same subjects, samples and pool pairs as a raw CAS(ME)^3 release (Part A "
+                             "and Part B frames, the annotation workbook, ground_truth.csv) for "
+                             "scripts/prepare_casme3.py, instead of difference images and lists")
     nuisance = parser.add_argument_group(
         "regime (nuisances)", "--regime picks a preset; each flag below overrides one of its values "
                               "(default: the preset's, shown per regime)")
@@ -67,9 +74,10 @@ def format_summary(summary: dict, out: Path) -> str:
     args, labeled, pool = summary["arguments"], summary["labeled"], summary["pool"]
     per_class = ", ".join(f"{name} {count}" for name, count in labeled["per_class"].items())
     per_subject = ", ".join(f"{name} {count}" for name, count in labeled["per_subject"].items())
+    layout = "raw release" if args["raw_release"] else f"{args['depth_bits']}-bit depth"
     return "\n".join([
         f"wrote {out} in {summary['seconds']:.1f} s (seed {args['seed']}, {args['image_size']} px, "
-        f"{args['n_classes']} classes, {args['depth_bits']}-bit depth"
+        f"{args['n_classes']} classes, {layout}"
         f"{', motion-compensated' if args['motion_compensation'] else ''})",
         "regime: " + ", ".join(f"{name} {value:.3g}" for name, value in args["regime"].items()),
         f"labeled: {labeled['total']} samples, {len(summary['subjects'])} subjects; {per_class}; "
@@ -77,11 +85,26 @@ def format_summary(summary: dict, out: Path) -> str:
         f"per subject: {per_subject}",
         f"pool: {pool['pairs']} pairs ({pool['with_motion']} with movement, {pool['noise_only']} noise only; "
         f"pool-only subjects: {', '.join(summary['pool_only_subjects']) or 'none'})",
-        f"intensity threshold {pool['intensity_threshold']} keeps {pool['kept']} and drops {pool['dropped']} "
-        f"({pool['motion_kept']}/{pool['with_motion']} moving pairs kept, "
-        f"{pool['noise_dropped']}/{pool['noise_only']} noise-only pairs dropped)",
+        *(_raw_release_lines(summary, out) if args["raw_release"] else _threshold_lines(pool)),
         f"largest AU displacement: {summary['max_au_displacement_px']} px",
     ])
+
+
+def _threshold_lines(pool: dict) -> list[str]:
+    """What the best intensity threshold of a prepared layout's pool keeps and drops."""
+    return [f"intensity threshold {pool['intensity_threshold']} keeps {pool['kept']} and drops {pool['dropped']} "
+            f"({pool['motion_kept']}/{pool['with_motion']} moving pairs kept, "
+            f"{pool['noise_dropped']}/{pool['noise_only']} noise-only pairs dropped)"]
+
+
+def _raw_release_lines(summary: dict, out: Path) -> list[str]:
+    """Where a raw release's frames went, and the command that prepares it."""
+    frames, pool = summary["frames"], summary["pool"]
+    return [f"frames: {frames[PART_A]} in {PART_A}, {frames[PART_B]} in {PART_B}; pool pairs: {pool['part_a']} in "
+            f"{PART_A}, {pool['part_b']} in {PART_B}; truth: {out / GROUND_TRUTH_NAME}",
+            f"prepare: python scripts/prepare_casme3.py --root {out / PART_A} --part_b_root {out / PART_B} "
+            f"--annotation \"{out / ANNOTATION_NAME}\" --out OUT --classes {summary['arguments']['n_classes']} "
+            f"--image_size {summary['arguments']['image_size']} [--motion_compensation]"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             pool_per_subject=args.pool_per_subject, pool_only_subjects=args.pool_only_subjects,
             image_size=args.image_size, n_classes=args.classes,
             apex_equals_onset_share=args.apex_equals_onset_share, label_noise=args.label_noise,
-            depth_bits=args.depth_bits, motion_compensation=args.motion_compensation,
+            depth_bits=args.depth_bits, motion_compensation=args.motion_compensation, raw_release=args.raw_release,
             regime=make_regime(args.regime, **{name: getattr(args, name) for name in knob_names()}))
     except synthetic.SyntheticError as exc:
         print(f"error: {exc}", file=sys.stderr)

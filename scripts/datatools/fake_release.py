@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -132,29 +133,49 @@ def render_frames(n: int, video: str) -> list[tuple[int, np.ndarray, np.ndarray]
     return frames
 
 
-def _write_video(root: Path, n: int, folder: str, video: str) -> None:
-    """JPEG colour frames written by OpenCV (another encoder gives other pixels) and 16-bit depth PNGs."""
+def video_folders(root: Path, folder: str, video: str, inner_depth: bool = True) -> tuple[Path, Path]:
+    """The RGB and depth frame folders of one video, created: `RGB/<folder>/<video>/color` and
+    `depth/<folder>/<video>/depth` (without `inner_depth`: the depth video folder itself)."""
     rgb_dir = root / "RGB" / folder / video / "color"
     depth_dir = root / "depth" / folder / video
-    if n not in DEPTH_WITHOUT_INNER_FOLDER:
+    if inner_depth:
         depth_dir = depth_dir / "depth"
     rgb_dir.mkdir(parents=True, exist_ok=True)
     depth_dir.mkdir(parents=True, exist_ok=True)
+    return rgb_dir, depth_dir
+
+
+def write_rgb_frame(folder: Path, t: int, bgr: np.ndarray) -> None:
+    """Frame `t` of a video as `<t>.jpg`: (H, W, 3) uint8 BGR, JPEG written by OpenCV (another
+    encoder gives other pixels)."""
+    cv2.imwrite(str(folder / f"{t}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
+
+
+def write_depth_frame(folder: Path, t: int, depth: np.ndarray) -> None:
+    """Frame `t` of a video as `<t>.png`: (H, W) uint16 depth, 0 = no measurement."""
+    write_png(folder / f"{t}.png", depth)
+
+
+def _write_video(root: Path, n: int, folder: str, video: str) -> None:
+    """The frames of one fake video, without the depth frames of `MISSING_DEPTH`."""
+    rgb_dir, depth_dir = video_folders(root, folder, video, inner_depth=n not in DEPTH_WITHOUT_INNER_FOLDER)
     for t, rgb, depth in render_frames(n, video):
-        cv2.imwrite(str(rgb_dir / f"{t}.jpg"), rgb, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        write_rgb_frame(rgb_dir, t, rgb)
         if (n, video, t) not in MISSING_DEPTH:
-            write_png(depth_dir / f"{t}.png", depth)
+            write_depth_frame(depth_dir, t, depth)
 
 
-def _write_annotation(path: Path) -> None:
+def write_annotation(path: Path, rows: Iterable[Sequence[object]]) -> None:
+    """The V2 annotation workbook: sheet 'label', the header `COLUMNS`, one row per sequence of
+    `COLUMNS` values."""
     import openpyxl
 
     book = openpyxl.Workbook()
     sheet = book.active
     sheet.title = "label"
     sheet.append(COLUMNS)
-    for subject, task, onset, apex, offset, emotion in ME_ROWS:
-        sheet.append((subject, task, onset, apex, offset, "4+7", 1, emotion))
+    for row in rows:
+        sheet.append(tuple(row))
     book.save(path)
 
 
@@ -182,7 +203,8 @@ def build_fake_release(out: str | Path) -> FakeRelease:
             for video in videos:
                 _write_video(root, n, folder, video)
                 boxes.append((file_subject(n), video, *FACE_BOX))
-    _write_annotation(release.annotation)
+    write_annotation(release.annotation, ((subject, task, onset, apex, offset, "4+7", 1, emotion)
+                                          for subject, task, onset, apex, offset, emotion in ME_ROWS))
     with release.boxes.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(("Subject", "Filename", "x", "y", "w", "h"))

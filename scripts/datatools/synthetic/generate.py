@@ -37,6 +37,10 @@ random stream, keyed by seed, subject and index). The output folder holds a mark
 written into, and regenerating into a marked folder first removes only what the generator owns
 (``OWNED_ENTRIES``).
 
+With ``raw_release`` the same subjects, pairs and nuisances are written as a raw CAS(ME)^3 release
+(frames, annotation workbook, ground truth) for `scripts/prepare_casme3.py` instead
+(`scripts.datatools.synthetic.raw_release`).
+
 Public API: ``generate_dataset``, ``SyntheticError`` and the module constants.
 """
 from __future__ import annotations
@@ -57,6 +61,7 @@ from dataset import (CLASS_LIST, DEFAULT_CLASS_NAMES, DEPTH_LISTS, GRAY_LISTS, L
                      labeled_view_paths, list_line, list_subject, make_key, pool_view_paths, split_list,
                      write_list, write_png)
 from scripts.datatools.synthetic.face import AU_NAMES, make_subject
+from scripts.datatools.synthetic.raw_release import RAW_ENTRIES, write_release
 from scripts.datatools.synthetic.regime import Regime, knob_names
 from scripts.datatools.synthetic.render import render_pair
 
@@ -67,7 +72,7 @@ GENERATOR_ID = "dvscl-synthetic-casme3-1"
 # Labeled images go under the 4-class folder even with 3 classes: the layout earlier outputs had.
 IMAGE_CLASSES = 4
 RGB_DIR, DEPTH_DIR, GRAY_DIR = image_view_dirs(IMAGE_CLASSES)
-OWNED_ENTRIES = (image_folder(IMAGE_CLASSES), POOL_FOLDER, LIST_FOLDER, MARKER_NAME)
+OWNED_ENTRIES = (image_folder(IMAGE_CLASSES), POOL_FOLDER, LIST_FOLDER, *RAW_ENTRIES, MARKER_NAME)
 
 
 # class -> patterns (weight, AUs always present, AUs present with probability 1/2)
@@ -119,6 +124,10 @@ class _Plan:
     label: int  # -1 for pool pairs
     aus: tuple[str, ...]  # empty: no facial movement
     same_frame: bool  # apex == onset: an all-zero difference
+    video: str
+    first: int  # onset frame (the earlier frame of a pool pair)
+    second: int  # apex frame (the later frame of a pool pair)
+    action_class: str  # the class whose AU pattern the sample carries ('' for pool pairs)
 
 
 def _draw_class_aus(rng: np.random.Generator, class_name: str) -> tuple[str, ...]:
@@ -165,6 +174,11 @@ def _validate(args: dict) -> None:
         raise SyntheticError(f"n_classes must be 3 or 4, got {args['n_classes']}")
     if args["depth_bits"] not in (8, 16):
         raise SyntheticError(f"depth_bits must be 8 or 16, got {args['depth_bits']}")
+    if args["raw_release"] and args["motion_compensation"]:
+        raise SyntheticError("--motion_compensation does not apply to --raw_release: the preparation registers "
+                             "the frames (scripts/prepare_casme3.py --motion_compensation)")
+    if args["raw_release"] and args["depth_bits"] != 8:
+        raise SyntheticError("--depth_bits does not apply to --raw_release: its depth frames are 16-bit millimetres")
     regime = args["regime"]
     for name, value in [*((n, args[n]) for n in ("apex_equals_onset_share", "label_noise")),
                         *((n, regime[n]) for n in ("low_intensity_share", "blink_rate"))]:
@@ -260,7 +274,8 @@ def _plan(args: dict, rng: np.random.Generator) -> tuple[list[int], list[int], d
         au_rng = np.random.default_rng([seed, 3, i])
         pattern = cls if not noisy[i] else au_rng.choice([c for c in classes if c != cls])
         plans[number].append(_Plan(len(plans[number]), key, *labeled_view_paths(IMAGE_CLASSES, cls, key),
-                                   int(labels[i]), _draw_class_aus(au_rng, str(pattern)), bool(same[i])))
+                                   int(labels[i]), _draw_class_aus(au_rng, str(pattern)), bool(same[i]),
+                                   video, first, second, str(pattern)))
     for j, number in enumerate(np.repeat(numbers, args["pool_per_subject"])):
         video, second, first = _draw_frames(rng, used[number], False)
         key = make_key(number, video, first, second)
@@ -268,7 +283,7 @@ def _plan(args: dict, rng: np.random.Generator) -> tuple[list[int], list[int], d
         n_aus = 0 if noise_only[j] else int(au_rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))
         aus = tuple(sorted(au_rng.choice(AU_NAMES, n_aus, replace=False), key=AU_NAMES.index))
         plans[number].append(_Plan(POOL_INDEX_OFFSET + j, key, *pool_view_paths(number, key), UNLABELED,
-                                   aus, False))
+                                   aus, False, video, first, second, ""))
     return numbers, labeled_numbers, plans
 
 
@@ -276,7 +291,8 @@ def generate_dataset(out_dir: str | Path, seed: int = 0, n_subjects: int = 10,
                      samples_per_subject: int = 30, pool_per_subject: int = 50,
                      pool_only_subjects: int = 2, image_size: int = 72, n_classes: int = 4,
                      apex_equals_onset_share: float = 0.05, label_noise: float = 0.1, depth_bits: int = 8,
-                     regime: Regime = Regime(), motion_compensation: bool = False) -> dict:
+                     regime: Regime = Regime(), motion_compensation: bool = False,
+                     raw_release: bool = False) -> dict:
     """Write a synthetic CAS(ME)^3-like dataset under ``out_dir`` and return a summary.
 
     Labeled: ``n_subjects * samples_per_subject`` samples with heavy-tailed per-subject counts (at
@@ -286,34 +302,50 @@ def generate_dataset(out_dir: str | Path, seed: int = 0, n_subjects: int = 10,
     ``pool_only_subjects`` unlabeled subjects, ``regime.low_intensity_share`` of them without
     action. Images are ``image_size`` px squares; depth differences are 8- or 16-bit
     (``depth_bits``). ``regime`` sets the nuisances; ``motion_compensation`` registers the two
-    frames of every pair before differencing.
+    frames of every pair before differencing. With ``raw_release`` the same pairs are written as
+    the frames and annotation sheet of a raw release instead (`raw_release.write_release`; neither
+    ``motion_compensation`` nor ``depth_bits`` 16 applies there).
 
     Returns a JSON-able dict: arguments, subjects, labeled counts (total, per class, per subject,
-    apex == onset, label noise), pool counts (pairs, with motion, noise only, the intensity
-    threshold that best separates them and what it keeps), the largest AU displacement in pixels,
-    and ``seconds``. Raises ``SyntheticError`` for bad arguments or a non-empty folder that is not a
-    synthetic output.
+    apex == onset, label noise), pool counts (pairs, with motion, noise only; in the prepared
+    layout also the intensity threshold that best separates them and what it keeps, in a raw
+    release the pairs per part), the largest AU displacement in pixels, and ``seconds``. Raises
+    ``SyntheticError`` for bad arguments or a non-empty folder that is not a synthetic output.
     """
     start = time.perf_counter()
     args = dict(seed=seed, n_subjects=n_subjects, samples_per_subject=samples_per_subject,
                 pool_per_subject=pool_per_subject, pool_only_subjects=pool_only_subjects,
                 image_size=image_size, n_classes=n_classes, apex_equals_onset_share=apex_equals_onset_share,
                 label_noise=label_noise, depth_bits=depth_bits, regime=asdict(regime),
-                motion_compensation=motion_compensation)
+                motion_compensation=motion_compensation, raw_release=raw_release)
     _validate(args)
     out = Path(out_dir)
     _prepare_out_dir(out, args)
     rng = np.random.default_rng([seed, 0])
     numbers, labeled_numbers, plans = _plan(args, rng)
+    if raw_release:
+        written = write_release(out, args, labeled_numbers, plans)
+    else:
+        written = _write_prepared(out, args, rng, labeled_numbers, plans)
+    summary = {**_summary(args, labeled_numbers, numbers, plans), **written}
+    _write_json(out / MARKER_NAME, {"generator": GENERATOR_ID, "complete": True, **summary})
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    return summary
 
+
+def _write_prepared(out: Path, args: dict, rng: np.random.Generator, labeled_numbers: list[int],
+                    plans: dict[int, list[_Plan]]) -> dict:
+    """Render every pair's difference images and write the lists; return the pool counts and the
+    largest AU displacement for the summary."""
+    seed, regime = args["seed"], Regime(**args["regime"])
     labeled_lines: dict[int, list[tuple[str, str, str]]] = {n: [] for n in labeled_numbers}
     pool_rows: list[_PoolRow] = []
     max_disp = 0.0
-    for number in numbers:
-        subj = make_subject(seed, number, image_size)
-        for plan in plans[number]:
-            rendered = render_pair(subj, plan.index, plan.aus, plan.same_frame, seed, depth_bits, regime,
-                                   motion_compensation)
+    for number, subject_plans in plans.items():
+        subj = make_subject(seed, number, args["image_size"])
+        for plan in subject_plans:
+            rendered = render_pair(subj, plan.index, plan.aus, plan.same_frame, seed, args["depth_bits"], regime,
+                                   args["motion_compensation"])
             write_png(out / plan.rgb_path, rendered.rgb)
             write_png(out / plan.depth_path, rendered.depth)
             write_png(out / plan.gray_path, rendered.gray)
@@ -326,13 +358,8 @@ def generate_dataset(out_dir: str | Path, seed: int = 0, n_subjects: int = 10,
                 intensity = round(rendered.intensity, POOL_DECIMALS)
                 pool_rows.append(_PoolRow(plan.key, plan.rgb_path, plan.depth_path, plan.gray_path, intensity,
                                           plan.aus))
-
-    classes = DEFAULT_CLASS_NAMES[n_classes]
-    _write_lists(out, rng, classes, labeled_lines, pool_rows)
-    summary = _summary(args, classes, labeled_numbers, numbers, plans, pool_rows, max_disp)
-    _write_json(out / MARKER_NAME, {"generator": GENERATOR_ID, "complete": True, **summary})
-    summary["seconds"] = round(time.perf_counter() - start, 3)
-    return summary
+    _write_lists(out, rng, DEFAULT_CLASS_NAMES[args["n_classes"]], labeled_lines, pool_rows)
+    return {"pool": _pool_summary(pool_rows), "max_au_displacement_px": round(max_disp, 3)}
 
 
 def _write_lists(out: Path, rng: np.random.Generator, classes: tuple[str, ...],
@@ -371,15 +398,12 @@ def _write_lists(out: Path, rng: np.random.Generator, classes: tuple[str, ...],
                  + [f"{r.key},{r.key.split('-')[0]},{int(bool(r.aus))},{'+'.join(r.aus)}" for r in pool_rows])
 
 
-def _summary(args: dict, classes: tuple[str, ...], labeled_numbers: list[int], numbers: list[int],
-             plans: dict[int, list[_Plan]], pool_rows: list[_PoolRow], max_displacement_px: float) -> dict:
-    """Counts of what was written (deterministic: no paths, no timing)."""
+def _summary(args: dict, labeled_numbers: list[int], numbers: list[int], plans: dict[int, list[_Plan]]) -> dict:
+    """Arguments, classes, subjects and labeled counts of what was planned (deterministic: no
+    paths, no timing)."""
+    classes = DEFAULT_CLASS_NAMES[args["n_classes"]]
     labeled = [p for n in labeled_numbers for p in plans[n] if p.label >= 0]
     per_class = Counter(classes[p.label] for p in labeled)
-    intensity = np.array([row.intensity for row in pool_rows])
-    motion = np.array([bool(row.aus) for row in pool_rows], bool)
-    threshold = _best_threshold(intensity, motion)
-    kept = intensity >= threshold
     return {
         "arguments": args,
         "classes": list(classes),
@@ -392,15 +416,23 @@ def _summary(args: dict, classes: tuple[str, ...], labeled_numbers: list[int], n
             "apex_equals_onset": sum(p.same_frame for p in labeled),
             "label_noise": int(round(args["label_noise"] * len(labeled))),
         },
-        "pool": {
-            "pairs": len(pool_rows),
-            "with_motion": int(motion.sum()),
-            "noise_only": int((~motion).sum()),
-            "intensity_threshold": threshold,
-            "kept": int(kept.sum()),
-            "dropped": int((~kept).sum()),
-            "noise_dropped": int((~kept & ~motion).sum()),
-            "motion_kept": int((kept & motion).sum()),
-        },
-        "max_au_displacement_px": round(max_displacement_px, 3),
+    }
+
+
+def _pool_summary(pool_rows: list[_PoolRow]) -> dict:
+    """Pool counts of the prepared layout: pairs with and without motion, and what the intensity
+    threshold that best separates them keeps and drops."""
+    intensity = np.array([row.intensity for row in pool_rows])
+    motion = np.array([bool(row.aus) for row in pool_rows], bool)
+    threshold = _best_threshold(intensity, motion)
+    kept = intensity >= threshold
+    return {
+        "pairs": len(pool_rows),
+        "with_motion": int(motion.sum()),
+        "noise_only": int((~motion).sum()),
+        "intensity_threshold": threshold,
+        "kept": int(kept.sum()),
+        "dropped": int((~kept).sum()),
+        "noise_dropped": int((~kept & ~motion).sum()),
+        "motion_kept": int((kept & motion).sum()),
     }

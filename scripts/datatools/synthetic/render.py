@@ -15,6 +15,10 @@ Differences are encoded by `dataset.encode_difference` with `dataset.RGB_GAIN` (
 `dataset.encode_gray_difference` of the RGB frames' difference (luma of apex minus luma of onset,
 one 8-bit channel). The depth difference is a plain subtraction, so a hole in one frame only makes
 a saturated pixel, as in the real frames.
+
+`render_pair_frames` gives the two frames themselves and the conditions they were rendered under,
+`render_between` a frame part-way from onset to apex and `head_motion` the rigid head motion of a
+pair, for the raw release (`scripts.datatools.synthetic.raw_release`).
 """
 from __future__ import annotations
 
@@ -165,14 +169,39 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return rgb.astype(np.float32) @ np.asarray(LUMA_WEIGHTS, np.float32)
 
 
-def render_pair(subj: Subject, stream: int, aus: tuple[str, ...], same_frame: bool, seed: int,
-                depth_bits: int, regime: Regime = Regime(), motion_compensation: bool = False) -> Rendered:
-    """Render the onset and apex frames of one pair and encode their difference.
+@dataclass(frozen=True)
+class PairFrames:
+    """The onset and apex frames of one pair and the conditions they were rendered under.
+
+    With apex == onset the apex frames are the onset frames and ``apex`` is ``onset``.
+    """
+
+    rgb_onset: np.ndarray  # (S, S, 3) uint8 RGB
+    depth_onset: np.ndarray  # (S, S) int32 mm, 0 = hole
+    rgb_apex: np.ndarray  # (S, S, 3) uint8 RGB
+    depth_apex: np.ndarray  # (S, S) int32 mm, 0 = hole
+    onset: _Frame
+    apex: _Frame
+    au_field: np.ndarray | None  # (3, S, S) float32 AU displacement dx, dy (px) and height (mm) at the apex
+    rgb_sigma: float
+    depth_sigma: float
+    blink: float  # AU45 amplitude of the pair's blink, 0 for none
+
+    @property
+    def max_displacement_px(self) -> float:
+        """Largest AU displacement (px) at the apex, 0 without facial movement."""
+        if self.au_field is None:
+            return 0.0
+        return float(np.sqrt(self.au_field[0] ** 2 + self.au_field[1] ** 2).max())
+
+
+def render_pair_frames(subj: Subject, stream: int, aus: tuple[str, ...], same_frame: bool, seed: int,
+                       regime: Regime = Regime()) -> PairFrames:
+    """Render the onset and apex frames of one pair (the frames `render_pair` differences).
 
     `stream` selects the pair's own random stream ``[seed, 2, subject, stream]``; `aus` move the
     apex (empty: no facial movement) with amplitudes scaled by ``regime.amplitude``; a blink joins
-    them at ``regime.blink_rate``; `same_frame` makes apex == onset (an all-zero difference).
-    With `motion_compensation` both frames are registered before differencing and measuring.
+    them at ``regime.blink_rate``; `same_frame` makes apex == onset.
     """
     rng = np.random.default_rng([seed, 2, subj.number, stream])
     px = subj.maps.shape[-1] / REFERENCE_SIZE
@@ -188,7 +217,7 @@ def render_pair(subj: Subject, stream: int, aus: tuple[str, ...], same_frame: bo
     depth_sigma = rng.uniform(0.35, 0.6)
     rgb0, depth0 = _render_frame(subj, onset, None, rgb_sigma, depth_sigma, rng)
     if same_frame:
-        return Rendered(*_encode(rgb0, rgb0, depth0, depth0, depth_bits), 0.0, 0.0)
+        return PairFrames(rgb0, depth0, rgb0, depth0, onset, onset, None, rgb_sigma, depth_sigma, 0.0)
     coeffs = np.zeros((len(AU_NAMES), 2))
     if aus:
         coeffs = _draw_coefficients(rng, aus) * regime.amplitude
@@ -202,10 +231,72 @@ def render_pair(subj: Subject, stream: int, aus: tuple[str, ...], same_frame: bo
         flat_basis = subj.basis.reshape(-1, *subj.basis.shape[2:])
         field = np.tensordot(coeffs[active].astype(np.float32), flat_basis[active], axes=1)
     rgb1, depth1 = _render_frame(subj, apex, field, rgb_sigma, depth_sigma, rng)
+    return PairFrames(rgb0, depth0, rgb1, depth1, onset, apex, field, rgb_sigma, depth_sigma, blink)
+
+
+def render_between(subj: Subject, pair: PairFrames, weight: float, rng: np.random.Generator
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """A frame (S, S, 3) uint8 RGB and (S, S) int32 depth (mm) part-way from the pair's onset
+    (`weight` 0) to its apex (`weight` 1): pose, lighting and AU field interpolated linearly,
+    sensor noise drawn from `rng`."""
+    onset, apex = pair.onset, pair.apex
+    frame = _Frame(angle=onset.angle + weight * (apex.angle - onset.angle),
+                   shift=(onset.shift[0] + weight * (apex.shift[0] - onset.shift[0]),
+                          onset.shift[1] + weight * (apex.shift[1] - onset.shift[1])),
+                   dz_mm=onset.dz_mm + weight * (apex.dz_mm - onset.dz_mm),
+                   brightness=onset.brightness + weight * (apex.brightness - onset.brightness))
+    field = None if pair.au_field is None else pair.au_field * np.float32(weight)
+    return _render_frame(subj, frame, field, pair.rgb_sigma, pair.depth_sigma, rng)
+
+
+@dataclass(frozen=True)
+class HeadMotion:
+    """The rigid head motion between a pair's onset and apex frames."""
+
+    dx_px: float  # translation, px at the rendered size
+    dy_px: float
+    roll_deg: float
+    dz_mm: float  # towards the camera
+    mean_px: float  # mean displacement of the face's pixels by all of it (translation, roll, scale)
+
+
+def _image_positions(subj: Subject, frame: _Frame, points: np.ndarray) -> np.ndarray:
+    """Where the head points at canonical pixel positions `points` (2, N) appear in `frame`: (2, N) px.
+
+    The inverse of `_render_frame`'s sampling: canonical = c + R(angle) (p - c - shift) / scale.
+    """
+    g = subj.geometry
+    scale = subj.distance_mm / (subj.distance_mm - frame.dz_mm)
+    c, s = math.cos(frame.angle) * scale, math.sin(frame.angle) * scale
+    qx, qy = points[0] - g.cx, points[1] - g.cy
+    return np.stack([g.cx + frame.shift[0] + c * qx - s * qy, g.cy + frame.shift[1] + s * qx + c * qy])
+
+
+def head_motion(subj: Subject, pair: PairFrames) -> HeadMotion:
+    """The head motion of `pair`; ``mean_px`` averages over the subject's face pixels (`face_mask`)."""
+    onset, apex = pair.onset, pair.apex
+    ys, xs = np.nonzero(subj.face_mask)
+    points = np.stack([xs, ys]).astype(np.float64)
+    moved = _image_positions(subj, apex, points) - _image_positions(subj, onset, points)
+    return HeadMotion(apex.shift[0] - onset.shift[0], apex.shift[1] - onset.shift[1],
+                      math.degrees(apex.angle - onset.angle), apex.dz_mm - onset.dz_mm,
+                      float(np.hypot(moved[0], moved[1]).mean()))
+
+
+def render_pair(subj: Subject, stream: int, aus: tuple[str, ...], same_frame: bool, seed: int,
+                depth_bits: int, regime: Regime = Regime(), motion_compensation: bool = False) -> Rendered:
+    """Render the onset and apex frames of one pair (`render_pair_frames`) and encode their difference.
+
+    `same_frame` makes apex == onset (an all-zero difference). With `motion_compensation` both
+    frames are registered before differencing and measuring.
+    """
+    pair = render_pair_frames(subj, stream, aus, same_frame, seed, regime)
+    rgb0, rgb1, depth0, depth1 = pair.rgb_onset, pair.rgb_apex, pair.depth_onset, pair.depth_apex
+    if same_frame:
+        return Rendered(*_encode(rgb0, rgb0, depth0, depth0, depth_bits), 0.0, 0.0)
     if motion_compensation:
         motion = estimate_motion(_luma(rgb0), _luma(rgb1))
         rgb0, rgb1 = compensate(rgb0, rgb1, motion)
         depth0, depth1 = compensate(depth0, depth1, motion, holes=True)
-    max_disp = 0.0 if field is None else float(np.sqrt(field[0] ** 2 + field[1] ** 2).max())
     return Rendered(*_encode(rgb0, rgb1, depth0, depth1, depth_bits),
-                    measure_intensity(rgb0, rgb1, subj.face_mask), max_disp)
+                    measure_intensity(rgb0, rgb1, subj.face_mask), pair.max_displacement_px)
