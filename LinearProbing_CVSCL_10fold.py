@@ -1,5 +1,12 @@
 """k-fold linear probing of a frozen DVSCL encoder.
 
+    for seed, fold in run.units():                     # subject-grouped folds, per seed
+        model = set_model(...)                         # a fresh linear head on the frozen features
+        training = set_optimizer(...)
+        for epoch in 1..epochs: train(epoch, ...)      # one epoch; the optimizer step is in there
+        reestimate_batch_norm(...); predict(...)       # the fold's samples
+    aggregate                                          # UF1, UAR of all folds' predictions pooled
+
 Every labeled sample once (the union of the subjects' test lists) is split into `--folds` folds,
 stratified by label and grouped by subject by default (scikit-learn's StratifiedGroupKFold: no
 subject in two folds), with a fixed `--split_seed`. `--split sample` gives sample-level folds as
@@ -26,14 +33,15 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 import dataset
-import evaluation
 import util
+from evaluation import engine, options
+from models.LinearModel import Classifier
 
 PROTOCOL = "kfold"
-DEFAULTS = evaluation.Defaults(epochs=30, learning_rate=0.01, batch_size=32, weight_decay=1e-4)
+DEFAULTS = options.Defaults(epochs=30, learning_rate=0.01, batch_size=32, weight_decay=1e-4, freeze_encoder=True)
 
 
-def parse_option(argv: list[str] | None = None) -> tuple[argparse.Namespace, evaluation.EncoderSpec]:
+def parse_option(argv: list[str] | None = None) -> tuple[argparse.Namespace, options.EncoderSpec]:
     parser = util.ArgumentParser(
         "LinearProbing_CVSCL_10fold.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="k-fold linear probe of a frozen DVSCL encoder on every labeled sample: subject-grouped, "
@@ -46,12 +54,13 @@ def parse_option(argv: list[str] | None = None) -> tuple[argparse.Namespace, eva
                              "stratified folds as the original (subject-leaky, inflated scores)")
     parser.add_argument("--split_seed", type=int, default=0,
                         help="seed of the fold assignment (independent of --seed, so --seeds keeps the folds)")
-    evaluation.add_eval_args(parser, DEFAULTS)
-    parser.set_defaults(freeze_encoder=True, encoder_lr_mult=0.0, lp_epochs=0)
+    options.add_eval_args(parser, DEFAULTS)
     args = parser.parse_args(argv)
     if args.folds < 2:
         raise util.UserError(f"--folds {args.folds}: need at least 2")
-    spec = evaluation.finish_eval_args(args)
+    if args.lp_epochs:
+        raise util.UserError(f"--lp_epochs {args.lp_epochs}: the probe trains in one phase (LP-FT is fine-tune_CVSCL.py's)")
+    spec = options.resolve(args)
     return args, spec
 
 
@@ -75,28 +84,44 @@ def make_folds(labels: np.ndarray, groups: np.ndarray, folds: int, split: str, s
     return [np.sort(test) for _, test in splits]
 
 
-def kfold_protocol(args: argparse.Namespace) -> evaluation.Protocol:
+def kfold_protocol(args: argparse.Namespace) -> engine.Protocol:
     """All labeled samples and their folds as units `fold01`, `fold02`, ..."""
     data_folder = Path(args.data_folder)
     list_folder = dataset.find_list_folder(data_folder, args.list_folder, args.second_view)
     samples = dataset.load_labeled(list_folder, data_folder, dataset.subject_names(list_folder),
                                    args.prefixes, args.strict_pairs, args.second_view)
-    n_classes = evaluation.infer_n_classes(args, samples)
+    n_classes = engine.infer_n_classes(args, samples)
     labels = np.array([s.label for s in samples])
     groups = np.array([s.subject for s in samples])
     all_index = np.arange(len(samples))
-    units = [evaluation.Unit(f"fold{k + 1:02d}", np.setdiff1d(all_index, test), test)
+    units = [engine.Unit(f"fold{k + 1:02d}", np.setdiff1d(all_index, test), test)
              for k, test in enumerate(make_folds(labels, groups, args.folds, args.split, args.split_seed))]
-    return evaluation.Protocol(PROTOCOL, "folds", samples, units, [u.name for u in units], n_classes,
-                               dataset.class_names(list_folder, n_classes), "head")
+    return engine.Protocol(PROTOCOL, "LinearProbing_CVSCL_10fold.py", "folds", samples, units,
+                           [u.name for u in units], n_classes, dataset.class_names(list_folder, n_classes), "head")
+
+
+def probe(args: argparse.Namespace, run: engine.EvaluationRun, seed: int,
+          fold: engine.Unit) -> tuple[Classifier, np.ndarray, list[dict]]:
+    """Train a fresh head on the other folds and predict `fold`; returns the classifier, its
+    predictions and the per-epoch history."""
+    inputs = run.inputs(seed, fold)
+    model = engine.set_model(args, run.start(seed), inputs, run.protocol.n_classes)
+    training = engine.set_optimizer(args, model, inputs, run.protocol.n_classes, args.epochs)
+    history = [{"epoch": epoch, **engine.train(epoch, inputs, model, training, args)}
+               for epoch in range(1, args.epochs + 1)]
+    engine.reestimate_batch_norm(args, model, inputs)
+    return model, engine.predict(args, model, inputs), history
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Run (or resume) the k-fold linear probe; returns the results dict written to results.json."""
     args, spec = parse_option(argv)
     if args.aggregate_only:
-        return evaluation.run_aggregate_only(args, PROTOCOL)
-    return evaluation.run_protocol(args, spec, kfold_protocol(args))
+        return engine.aggregate_only(args, PROTOCOL)
+    with engine.EvaluationRun(args, spec, kfold_protocol(args)) as run:
+        for seed, fold in run.units():
+            run.save(seed, fold, *probe(args, run, seed, fold))
+    return run.results
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -57,7 +57,8 @@ LIST_LINE = "<path> <label> <dbtype> [intensity]"
 POOL_FOLDER = "casme3_pool"
 DEPTH_SUFFIX, GRAY_SUFFIX = "_depth", "_gray"
 VIEW_SUFFIXES = (DEPTH_SUFFIX, GRAY_SUFFIX)
-# Difference images are signed around mid-grey (see encode_difference); default gains per view:
+# Difference images are signed around mid-grey (scripts/datatools/common/format.py encodes
+# them); default gains per view:
 RGB_GAIN = 2.0  # grey levels per 8-bit level, so that +-64 levels fill the range
 DEPTH_GAIN = {8: 16.0, 16: 64.0}  # grey levels per mm by PNG bit depth: +-8 mm or +-512 mm fill it
 # The grey view (RGB_gray): ITU-R 601 luma of R, G, B, the weights `_gray` gives the RGB view, so
@@ -146,13 +147,6 @@ def split_list(subject: str, split: str) -> str:
     return f"{subject}_{split}.txt"
 
 
-def list_line(path: str, label: int, intensity: float | None = None, intensity_format: str = ".6g",
-              dbtype: int = DBTYPE_CASME3) -> str:
-    """One list line (LIST_LINE): `<path> <label> <dbtype>`, then the intensity when given."""
-    line = f"{path} {label} {dbtype}"
-    return line if intensity is None else f"{line} {intensity:{intensity_format}}"
-
-
 def read_lines(path: str | Path) -> list[str]:
     """The lines of a text file of the data format (a list, subName.txt, classes.txt), read as
     UTF-8. A leading byte-order mark is dropped, because Windows editors add it and it would stick
@@ -167,65 +161,6 @@ def read_lines(path: str | Path) -> list[str]:
         line = data[:err.start].count(b"\n") + 1
         raise UserError(f"{path}:{line}: byte 0x{data[err.start]:02x} is not UTF-8 (save the file as UTF-8)") from None
     return text.replace("\r\n", "\n").split("\n")
-
-
-def write_list(path: str | Path, lines: Iterable[str]) -> None:
-    """A list file (or any file of lines): every line ends with a newline; written atomically."""
-    atomic_write_text(path, "".join(f"{line}\n" for line in lines))
-
-
-def encode_difference(diff: np.ndarray, gain: float, bits: int = 8) -> np.ndarray:
-    """Signed difference (any shape) -> uint8 (`bits` 8) or uint16 (`bits` 16) of the same shape:
-    `clip(round(mid + gain * diff), 0, 2**bits - 1)`, mid = 2**(bits - 1), round half to even.
-
-    Mid-grey is no change; a change beyond +-mid/gain saturates instead of wrapping around as an
-    unsigned subtraction does.
-    """
-    mid, top = 1 << (bits - 1), (1 << bits) - 1
-    dtype = np.uint8 if bits == 8 else np.uint16
-    return np.clip(np.rint(mid + gain * np.asarray(diff, np.float64)), 0, top).astype(dtype)
-
-
-def luma(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3) R, G, B values -> (...) float64 ITU-R 601 luma (`LUMA_WEIGHTS`).
-
-    Written out term by term, not as a matrix product, so that the sum is rounded the same way on
-    every machine (a BLAS product may reorder or fuse it) and a half-level tie of the encoding
-    falls on the same side wherever the images are made.
-    """
-    rgb = np.asarray(rgb, np.float64)
-    w_r, w_g, w_b = LUMA_WEIGHTS
-    return w_r * rgb[..., 0] + w_g * rgb[..., 1] + w_b * rgb[..., 2]
-
-
-def encode_gray_difference(rgb_diff: np.ndarray, gain: float = RGB_GAIN) -> np.ndarray:
-    """The grey view of a pair: its RGB difference `apex - onset` (H, W, 3), channels R, G, B, ->
-    (H, W) uint8 `encode_difference(luma(rgb_diff), gain)`, with the RGB view's gain.
-
-    Luma is linear, so this is luma(apex) - luma(onset), the difference of the two grey frames.
-    It is taken from the unrounded difference rather than from 8-bit grey frames, so that no
-    rounding of the grey frames enters it, and so that it is what one recomputes from an RGB
-    difference image wherever no channel saturated.
-    """
-    return encode_difference(luma(rgb_diff), gain)
-
-
-def write_png(path: str | Path, array: np.ndarray) -> None:
-    """Write a (H, W, 3) uint8 RGB, (H, W) uint8 grey or (H, W) uint16 grey image as a PNG with
-    Pillow (modes RGB, L, I;16), atomically: a temporary file in the same folder, then a rename."""
-    image = Image.fromarray(np.ascontiguousarray(array))
-    if image.mode not in ("RGB", "L", "I;16"):
-        raise ValueError(f"{path}: cannot write a {array.dtype} array of shape {array.shape} as a PNG")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        # level 1: difference images are noise-like, so stronger compression costs time for little
-        image.save(tmp, format="PNG", compress_level=1)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,20 @@
 """Leave-one-subject-out fine-tuning (or frozen linear evaluation) of a DVSCL encoder.
 
+    for seed, subject in run.units():                  # every subject of subName.txt, per seed
+        model = set_model(...)                         # a copy of the encoder, a fresh linear head
+        for frozen, epochs in phases:                  # LP-FT: the head alone first (--lp_epochs)
+            training = set_optimizer(...)
+            for epoch in 1..epochs: train(epoch, ...)  # one epoch; the optimizer step is in there
+        reestimate_batch_norm(...); predict(...)       # the subject's test samples
+    aggregate                                          # UF1, UAR of all subjects' predictions pooled
+
 For every subject of `subName.txt` (or of the `--subjects` subset; `--shard I/N` runs every N-th
-of them, so processes or GPUs can split the work): train on
-`<subject>_train.txt`, test on `<subject>_test.txt`, with a fresh encoder (the checkpoint's
-weights, or a seeded random init with `--model_path none`), head, optimizer and scheduler. The
-encoder is fine-tuned at `--learning_rate * --encoder_lr_mult` by default; `--freeze_encoder`
-gives the frozen (linear) protocol. UF1 and UAR are computed once on the predictions of all
-subjects pooled (MEGC convention), per-subject accuracy beside them.
+of them, so processes or GPUs can split the work): train on `<subject>_train.txt`, test on
+`<subject>_test.txt`, with a fresh encoder (the checkpoint's weights, or a seeded random init with
+`--model_path none`), head and optimizer. The encoder is fine-tuned at `--learning_rate *
+--encoder_lr_mult` by default; `--freeze_encoder` gives the frozen (linear) protocol. UF1 and UAR
+are computed once on the predictions of all subjects pooled (MEGC convention), per-subject
+accuracy beside them.
 
 Defaults (SGD, momentum 0.9, lr 0.01 for the head and 0.001 for the encoder, cosine schedule
 over 30 epochs, weight decay 1e-4, batch 32, features standardised by a BatchNorm before the
@@ -22,14 +30,15 @@ from pathlib import Path
 import numpy as np
 
 import dataset
-import evaluation
 import util
+from evaluation import engine, options, runs
+from models.LinearModel import Classifier
 
 PROTOCOL = "loso"
-DEFAULTS = evaluation.Defaults(epochs=30, learning_rate=0.01, batch_size=32, weight_decay=1e-4)
+DEFAULTS = options.Defaults(epochs=30, learning_rate=0.01, batch_size=32, weight_decay=1e-4, freeze_encoder=False)
 
 
-def parse_option(argv: list[str] | None = None) -> tuple[argparse.Namespace, evaluation.EncoderSpec]:
+def parse_option(argv: list[str] | None = None) -> tuple[argparse.Namespace, options.EncoderSpec]:
     parser = util.ArgumentParser(
         "fine-tune_CVSCL.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Leave-one-subject-out fine-tuning (or, with --freeze_encoder, linear evaluation) of a "
@@ -41,25 +50,18 @@ def parse_option(argv: list[str] | None = None) -> tuple[argparse.Namespace, eva
                                           help="comma-separated subjects of subName.txt (e.g. spNO1,spNO7): a "
                                                "deliberate subset, the pooled results cover just these (pass it to "
                                                "--aggregate_only too); default all"))
-    parser.add_argument("--freeze_encoder", action="store_true",
-                        help="train only the linear head; the encoder stays in eval mode and is checked unchanged")
-    parser.add_argument("--encoder_lr_mult", type=float, default=0.1,
-                        help="encoder learning rate = --learning_rate x this (fine-tuning)")
-    parser.add_argument("--lp_epochs", type=int, default=0,
-                        help="LP-FT: train the head alone on the frozen encoder for this many epochs first, then "
-                             "fine-tune everything for --epochs (0: fine-tune from the start)")
     util.process_only(parser.add_argument("--save_models", action="store_true",
                                           help="save each subject's fine-tuned classifier under <run>/models/"))
     util.process_only(parser.add_argument("--list_subjects", action="store_true",
                                           help="print the subjects this command (and --shard) would run, one per "
                                                "line, and exit"))
-    evaluation.add_eval_args(parser, DEFAULTS)
+    options.add_eval_args(parser, DEFAULTS)
     args = parser.parse_args(argv)
-    spec = evaluation.finish_eval_args(args)
+    spec = options.resolve(args)
     return args, spec
 
 
-def loso_protocol(args: argparse.Namespace) -> evaluation.Protocol:
+def loso_protocol(args: argparse.Namespace) -> engine.Protocol:
     """Subjects, their train/test lists as store indices, and every sample those lists name.
 
     The store holds the union of all subjects' test lists (every labeled sample, also used to
@@ -86,11 +88,10 @@ def loso_protocol(args: argparse.Namespace) -> evaluation.Protocol:
                 raise util.UserError(f"{sample.rgb_source}: label {sample.label} of {sample.key} disagrees with "
                                      f"{samples[position[sample.key]].rgb_source}")
         train, test = (np.array([position[s.key] for s in splits[k]]) for k in ("train", "test"))
-        units.append(evaluation.Unit(subject, train, test))
-    n_classes = evaluation.infer_n_classes(args, samples)
-    return evaluation.Protocol(PROTOCOL, "per_subject", samples, units, all_subjects, n_classes,
-                               dataset.class_names(list_folder, n_classes),
-                               "model" if args.save_models else None)
+        units.append(engine.Unit(subject, train, test))
+    n_classes = engine.infer_n_classes(args, samples)
+    return engine.Protocol(PROTOCOL, "fine-tune_CVSCL.py", "per_subject", samples, units, all_subjects, n_classes,
+                           dataset.class_names(list_folder, n_classes), "model" if args.save_models else None)
 
 
 def select_subjects(text: str, all_subjects: list[str], list_folder: Path) -> list[str]:
@@ -111,6 +112,31 @@ def _check_no_leak(subject: str, train: list[dataset.Sample], test: list[dataset
                              f"{subject} (e.g. {leaked[0].key}); LOSO needs disjoint subjects")
 
 
+def fine_tune(args: argparse.Namespace, run: engine.EvaluationRun, seed: int,
+              subject: engine.Unit) -> tuple[Classifier, np.ndarray, list[dict]]:
+    """Train a fresh classifier on the other subjects and predict `subject`'s test samples; returns
+    the classifier, its predictions and the per-epoch history."""
+    inputs = run.inputs(seed, subject)
+    model = engine.set_model(args, run.start(seed), inputs, run.protocol.n_classes)
+    history = []
+    for frozen, epochs in phases(args):
+        model.set_frozen(frozen)
+        training = engine.set_optimizer(args, model, inputs, run.protocol.n_classes, epochs)
+        for epoch in range(1, epochs + 1):
+            history.append({"epoch": len(history) + 1, **engine.train(epoch, inputs, model, training, args)})
+    engine.reestimate_batch_norm(args, model, inputs)
+    return model, engine.predict(args, model, inputs), history
+
+
+def phases(args: argparse.Namespace) -> list[tuple[bool, int]]:
+    """(encoder frozen?, epochs) of each training phase. With LP-FT the head first learns on the
+    pre-trained features, so that fine-tuning starts from a head that fits them instead of sending
+    a random head's gradients into the encoder."""
+    if args.freeze_encoder:
+        return [(True, args.epochs)]
+    return ([(True, args.lp_epochs)] if args.lp_epochs else []) + [(False, args.epochs)]
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run (or resume) the LOSO evaluation; returns the results dict written to results.json."""
     args, spec = parse_option(argv)
@@ -118,10 +144,13 @@ def main(argv: list[str] | None = None) -> dict:
         list_folder = dataset.find_list_folder(args.data_folder, args.list_folder, args.second_view)
         subjects = select_subjects(args.subjects, dataset.subject_names(list_folder), list_folder)
         if args.aggregate_only:
-            return evaluation.run_aggregate_only(args, PROTOCOL, subjects)
-        print("\n".join(evaluation.shard_of(subjects, args.shard)))
+            return engine.aggregate_only(args, PROTOCOL, subjects)
+        print("\n".join(runs.shard_of(subjects, args.shard)))
         return {}
-    return evaluation.run_protocol(args, spec, loso_protocol(args))
+    with engine.EvaluationRun(args, spec, loso_protocol(args)) as run:
+        for seed, subject in run.units():
+            run.save(seed, subject, *fine_tune(args, run, seed, subject))
+    return run.results
 
 
 if __name__ == "__main__":

@@ -28,7 +28,13 @@ from models import MODEL_NAMES, build_model
 from models.pretrained import check_finite
 from NCE import ContrastMemory, NCECriterion, NCESoftmaxLoss
 
-CHECKPOINT_FORMAT = "dvscl-pretrain-1"
+CHECKPOINT_FORMAT = "dvscl-pretrain-2"
+TOOL = "pre-train_CVSCL.py"
+# What a run folder holds besides run.json (what --overwrite removes), and its TensorBoard folder.
+RUN_OWNS = ("last.pth", "ckpt_epoch_*.pth", "log.jsonl")
+TB_OWNS = ("events.out.tfevents.*",)
+# Settings a resume may change: it may train a run for more epochs.
+RESUMABLE = ("epochs",)
 STAT_NAMES = ("loss", "rgb_loss", "depth_loss", "rgb_prob", "depth_prob")
 
 
@@ -83,11 +89,14 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--exclude_subjects", type=str, default="",
                         help="comma-separated subjects (e.g. spNO1) left out of the pool")
     util.process_only(parser.add_argument("--run_name", type=str, default=None,
-                                          help="run folder name under MODEL_PATH and TB_PATH; default derived "
-                                               "from the settings"))
+                                          help="run folder name under MODEL_PATH (and, followed by 8 hex digits "
+                                               "naming the run folder, under TB_PATH); default derived from the "
+                                               "settings. With --resume of another run's checkpoint: a new run "
+                                               "seeded from it"))
     util.process_only(parser.add_argument("--overwrite", action="store_true",
-                                          help="start afresh in a run folder that holds checkpoints of the same "
-                                               "settings, deleting them (without it such a run needs --resume)"))
+                                          help="start afresh in a run folder that holds a run of these (or other) "
+                                               "settings, removing what its run record says it wrote: checkpoints, "
+                                               "log, TensorBoard files (without it such a run needs --resume)"))
     dataset.add_data_args(parser)
     dataset.add_augment_args(parser, crop_low=1.0, jitter=0.4, grayscale_p=0.2)
     args = parser.parse_args(argv)
@@ -102,7 +111,8 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     args.method = "softmax" if args.softmax else "nce"
     args.model_name = args.run_name or default_run_name(args)
     args.model_folder = str(Path(args.model_path) / args.model_name)
-    args.tb_folder = str(Path(args.tb_path) / args.model_name)
+    # named after the run folder too: runs of one name on other data never share TensorBoard files
+    args.tb_folder = str(Path(args.tb_path) / f"{args.model_name}_{util.folder_digest(args.model_folder)}")
     return args
 
 
@@ -130,35 +140,73 @@ def default_run_name(args: argparse.Namespace) -> str:
 DERIVED = {"model_name", "model_folder", "tb_folder", "world_size", "prefixes"}
 
 
-def claim_run_folder(args: argparse.Namespace) -> None:
-    """Make the run folder this run's, or refuse with one line.
+def identity(args: argparse.Namespace) -> dict:
+    """The settings that determine the run's result: every flag but the `process_only` ones."""
+    return util.run_identity(args, exclude=DERIVED)
 
-    `run.json` records the settings that determine the run's result (every flag but the
-    `process_only` ones). A folder holding another run's settings is refused, naming the flags that
-    differ, unless `--resume` points into it (a resume may change settings; flags win). A folder
-    with checkpoints of the same settings needs `--resume` (continue) or `--overwrite` (start
-    afresh: its checkpoints, log and TensorBoard files are deleted first).
+
+def check_resume(args: argparse.Namespace, n_pool: int) -> dict | None:
+    """The checkpoint `--resume` names, checked against this command before anything is written.
+
+    It must be a DVSCL pre-training checkpoint of the same model, finite, with a bank row per pool
+    pair, and of a run of these settings (`RESUMABLE` aside). A checkpoint of other settings
+    starts a new run only when `--run_name` names a folder other than the checkpoint's: the new
+    run is seeded from it.
+    """
+    if not args.resume:
+        return None
+    path = args.resume
+    ckpt = util.load_checkpoint(path)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise util.UserError(f"{path}: not a DVSCL pre-training checkpoint of this version (format "
+                             f"{ckpt.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
+    stored = ckpt["args"]
+    if stored.get("model") != args.model or stored.get("feat_dim") != args.feat_dim:
+        raise util.UserError(f"{path}: checkpoint is {stored.get('model')} feat_dim {stored.get('feat_dim')}, "
+                             f"run asks for {args.model} feat_dim {args.feat_dim}")
+    run = ckpt["run"]
+    here = identity(args)
+    differ = util.settings_difference({k: v for k, v in run["settings"].items() if k not in RESUMABLE},
+                                      {k: v for k, v in here.items() if k not in RESUMABLE})
+    new_run = args.run_name is not None and Path(run["folder"]) != Path(args.model_folder).resolve()
+    if differ and not new_run:
+        raise util.UserError(f"{path}: a checkpoint of a run of other settings ({differ}); to start a new run "
+                             "from it, name the new run with --run_name")
+    check_finite(path, {**ckpt["model"], **ckpt["contrast"]})
+    bank_rows = ckpt["contrast"]["memory_rgb"].shape[0]
+    if bank_rows != n_pool:
+        raise util.UserError(f"{path}: memory bank has {bank_rows} rows but the pool has {n_pool} pairs "
+                             "(same lists and threshold needed)")
+    return ckpt
+
+
+def claim_run_folder(args: argparse.Namespace, ckpt: dict | None) -> tuple[util.RunRecord, util.RunRecord]:
+    """The records of the run folder and of its TensorBoard folder, checked and saved (one line
+    and nothing written when refused).
+
+    `run.json` records the settings (every flag but the `process_only` ones). A folder made by
+    another tool or holding a run of other settings is refused, naming the flags that differ. A
+    folder with checkpoints of the same settings needs `--resume` (continue) or `--overwrite`
+    (start afresh: its checkpoints and log, and the TensorBoard files of its run, are removed).
     """
     folder, tb_folder = Path(args.model_folder), Path(args.tb_folder)
-    record = folder / "run.json"
-    identity = util.run_identity(args, exclude=DERIVED)
-    resuming_here = bool(args.resume) and Path(args.resume).resolve().parent == folder.resolve()
-    if record.is_file() and not resuming_here:
-        stored = json.loads(record.read_text())
-        differ = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
-        if differ:
-            shown = ", ".join(f"--{k} {stored.get(k)!r} there, {identity.get(k)!r} here" for k in differ[:4])
-            raise util.UserError(f"{record}: this run folder holds a run of other settings ({shown}); pass "
-                                 "--run_name or another --model_path, or --resume a checkpoint of it")
-    finished = sorted(folder.glob("ckpt_epoch_*.pth")) + sorted(folder.glob("last.pth"))
-    if finished and not args.resume:
-        if not args.overwrite:
-            raise util.UserError(f"{folder}: holds checkpoints of a run with these settings ({finished[-1].name}); "
-                                 "pass --resume to continue it or --overwrite to start afresh")
-        for old in [*finished, folder / "log.jsonl", *tb_folder.glob("events.out.tfevents.*")]:
-            old.unlink(missing_ok=True)
-        print(f"--overwrite: deleted {len(finished)} checkpoint(s), the log and TensorBoard files of {folder}")
-    util.atomic_write_json(record, identity)
+    settings = identity(args)
+    details = {"seeded_from": str(Path(args.resume).resolve())} if ckpt is not None and \
+        Path(ckpt["run"]["folder"]) != folder.resolve() else {}
+    record = util.claim_folder(folder, TOOL, settings, RUN_OWNS, args.overwrite, details, may_change=RESUMABLE)
+    tb_record = util.claim_folder(tb_folder, TOOL, {**settings, "run_folder": str(folder.resolve())}, TB_OWNS,
+                                  args.overwrite, may_change=RESUMABLE)
+    checkpoints = [p for p in record.owned_entries() if p.suffix == ".pth"]
+    if checkpoints and ckpt is None and not args.overwrite:
+        raise util.UserError(f"{folder}: holds checkpoints of a run with these settings ({checkpoints[-1].name}); "
+                             "pass --resume to continue it or --overwrite to start afresh")
+    if record.stale:
+        print(f"--overwrite: removing {len(record.stale)} file(s) of the earlier run in {folder} "
+              f"and {len(tb_record.stale)} of its TensorBoard folder")
+    record.complete = False
+    for claimed in (record, tb_record):
+        claimed.save()
+    return record, tb_record
 
 
 def process_seed(seed: int, rank: int, epoch: int = 0) -> int:
@@ -255,8 +303,10 @@ def train(epoch: int, store: dataset.ImageStore, transform: dataset.PairAugment,
             values = {name: total / count for name, total in zip(STAT_NAMES, util.all_reduce_mean(sums).tolist())}
             if not math.isfinite(values["loss"]):
                 steps = f"step {step}" if step == checked + 1 else f"steps {checked + 1}-{step}"
-                raise util.UserError(f"non-finite loss ({values['loss']}) at epoch {epoch} {steps}; "
-                                     f"the last good checkpoint in {args.model_folder} is intact")
+                saved = (Path(args.model_folder) / "last.pth").is_file()
+                raise util.UserError(f"non-finite loss ({values['loss']}) at epoch {epoch} {steps}; " + (
+                    f"the last good checkpoint in {args.model_folder} is intact" if saved else
+                    "no checkpoint of this run was saved yet"))
             checked = step
             bar.set_postfix(loss=f"{values['loss']:.3f}", rgb_p=f"{values['rgb_prob']:.3f}",
                             depth_p=f"{values['depth_prob']:.3f}")
@@ -274,39 +324,26 @@ def checkpoint_state(model, contrast, optimizer, scaler, epoch: int, stats: dict
 
     `model` is the bare module (not the DDP wrapper), so its keys carry no `module.` prefix; `rng`
     holds every rank's `util.rng_state()`, in rank order; `stats` is the epoch's log line, so that
-    a resumed log can always end with the epoch it resumes from.
+    a resumed log can always end with the epoch it resumes from; `run` is the run's identity (its
+    folder and settings), which `--resume` checks.
     """
     plain_args = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}
     return {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "contrast": contrast.state_dict(),
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-            "stats": stats, "args": json.loads(json.dumps(plain_args)), "rng": rng}
+            "stats": stats, "args": json.loads(json.dumps(plain_args)), "rng": rng,
+            "run": {"folder": str(Path(args.model_folder).resolve()), "settings": identity(args)}}
 
 
-def resume(path: str, model, contrast, optimizer, scaler, args: argparse.Namespace) -> tuple[int, dict | None]:
-    """Restore a run from `path`; returns the first epoch still to train and the log line of the
-    checkpoint's epoch (None in checkpoints written before they held it). Flags win over stored args.
+def restore(ckpt: dict, model, contrast, optimizer, scaler, args: argparse.Namespace) -> tuple[int, dict]:
+    """Continue from the checkpoint `check_resume` accepted; returns the first epoch still to train
+    and the log line of the checkpoint's epoch.
 
-    Every rank reads `path`. With the world size the checkpoint was written with, each rank gets
-    its own random state back and training continues exactly; with another world size, each rank
-    is reseeded from `--seed`, the epoch and its rank (see `process_seed`).
+    With the world size the checkpoint was written with, each rank gets its own random state back
+    and training continues exactly; with another world size, each rank is reseeded from `--seed`,
+    the epoch and its rank (see `process_seed`).
     """
-    ckpt = util.load_checkpoint(path)
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise util.UserError(f"{path}: not a DVSCL pre-training checkpoint (no format '{CHECKPOINT_FORMAT}')")
-    stored = ckpt["args"]
-    if stored.get("model") != args.model or stored.get("feat_dim") != args.feat_dim:
-        raise util.UserError(f"{path}: checkpoint is {stored.get('model')} feat_dim {stored.get('feat_dim')}, "
-                             f"run asks for {args.model} feat_dim {args.feat_dim}")
-    check_finite(path, {**ckpt["model"], **ckpt["contrast"]})
-    bank_rows = ckpt["contrast"]["memory_rgb"].shape[0]
-    if bank_rows != contrast.memory_rgb.shape[0]:
-        raise util.UserError(f"{path}: memory bank has {bank_rows} rows but the pool has "
-                             f"{contrast.memory_rgb.shape[0]} pairs (same lists and threshold needed)")
-    changed = sorted(k for k in ("nce_k", "nce_t", "nce_m", "learning_rate", "epochs", "batch_size")
-                     if stored.get(k) != getattr(args, k))
-    if changed:
-        print("resume: command-line values win for " +
-              ", ".join(f"{k} ({stored.get(k)} -> {getattr(args, k)})" for k in changed))
+    if ckpt["args"].get("epochs") != args.epochs:
+        print(f"resume: training to epoch {args.epochs} (the run was set to {ckpt['args'].get('epochs')})")
     model.load_state_dict(ckpt["model"])
     contrast.load_state_dict(ckpt["contrast"])
     optimizer.load_state_dict(ckpt["optimizer"])
@@ -315,8 +352,6 @@ def resume(path: str, model, contrast, optimizer, scaler, args: argparse.Namespa
     if ckpt["scaler"] and scaler.is_enabled():
         scaler.load_state_dict(ckpt["scaler"])
     saved_rng, world = ckpt["rng"], util.world_size()
-    if isinstance(saved_rng, dict):  # written before checkpoints held one state per rank
-        saved_rng = [saved_rng]
     if len(saved_rng) == world:
         util.set_rng_state(saved_rng[util.rank()])
     else:
@@ -324,8 +359,8 @@ def resume(path: str, model, contrast, optimizer, scaler, args: argparse.Namespa
         print(f"resume: the checkpoint holds the random states of {len(saved_rng)} processes, this run has "
               f"{world}: every process reseeded from --seed, the epoch and its rank (the run continues, "
               "but not bit for bit as it would have without the change)")
-    print(f"resumed from {path} (epoch {ckpt['epoch']})")
-    return ckpt["epoch"] + 1, ckpt.get("stats")
+    print(f"resumed from {args.resume} (epoch {ckpt['epoch']})")
+    return ckpt["epoch"] + 1, ckpt["stats"]
 
 
 def load_store(pool: list[dataset.Sample], args: argparse.Namespace) -> dataset.ImageStore:
@@ -451,16 +486,15 @@ def run(args: argparse.Namespace, device: torch.device) -> Path:
     if args.nce_k >= len(pool):
         print(f"warning: --nce_k {args.nce_k} is not smaller than the pool ({len(pool)} pairs): every anchor's "
               "negatives repeat the same pairs, several times over", file=sys.stderr)
-    if util.is_main_process():
-        claim_run_folder(args)
+    ckpt = check_resume(args, len(pool))
+    record = claim_run_folder(args, ckpt)[0] if util.is_main_process() else None
     store = load_store(pool, args)
     transform = dataset.augment_from_args(args, train=True)
 
     model, contrast, criterion = set_model(args, len(pool), device)
     optimizer = set_optimizer(args, model)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and args.opt_level == "O1"
-                                  and device.type == "cuda")
-    start_epoch, resumed_stats = (resume(args.resume, model, contrast, optimizer, scaler, args) if args.resume
+    scaler = util.grad_scaler(args, device)
+    start_epoch, resumed_stats = (restore(ckpt, model, contrast, optimizer, scaler, args) if ckpt is not None
                                   else (1, None))
     net = util.wrap_model(model, device)
     base_lr = args.learning_rate * (world if args.scale_lr else 1)
@@ -484,6 +518,8 @@ def run(args: argparse.Namespace, device: torch.device) -> Path:
             recorder.close()
     if start_epoch > args.epochs:
         print(f"nothing to do: the checkpoint already reached epoch {args.epochs}")
+    if record is not None:
+        record.finish()
     print(f"checkpoints: {args.model_folder}")
     return Path(args.model_folder)
 

@@ -1,16 +1,22 @@
-"""Small shared helpers: user-facing errors, atomic writes, seeding, checkpoints, meters, process groups."""
+"""Small shared helpers: user-facing errors, atomic writes, the run record, checkpoints, seeding,
+flags, process groups."""
 from __future__ import annotations
 
 import argparse
 import ctypes
+import fnmatch
+import hashlib
 import importlib.util
 import json
 import os
+import pickle
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
 from contextlib import contextmanager, nullcontext, redirect_stdout
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, ContextManager, Iterator, NoReturn, Sequence
@@ -121,11 +127,17 @@ def _atomic_replace(path: Path, write: Callable[[str], None]) -> None:
     except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        # torch.save reports a failed write (a full disk) as a RuntimeError of its stream writer.
-        if isinstance(err, OSError) or (isinstance(err, RuntimeError) and "write" in str(err)):
-            reason = (err.strerror if isinstance(err, OSError) else None) or str(err).strip().splitlines()[-1]
+        # torch.save reports a failed write (a full disk) as a RuntimeError of its stream writer,
+        # whose message need not say so.
+        if isinstance(err, (OSError, RuntimeError)):
+            reason = (err.strerror if isinstance(err, OSError) else None) or _last_line(err)
             raise UserError(f"{path}: could not be written ({reason}); any earlier version of it is intact") from None
         raise
+
+
+def _last_line(err: BaseException) -> str:
+    """The last line of an exception's message, or its type's name when it has none."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[-1]
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
@@ -159,6 +171,149 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """The JSON value in `path`; an unreadable or damaged file is a `UserError` naming it and `what`
+    it should be."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} not found") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
+    except (UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"{path}: damaged {what} ({type(err).__name__}: {str(err).splitlines()[0][:80]})"
+                        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The run record: `<folder>/run.json` says which tool made a folder, with which settings, which of
+# its entries that tool owns and whether the run finished. Every tool that writes a folder claims
+# it through `claim_folder`, so no tool writes into, or deletes from, another's folder.
+
+RECORD_FILE = "run.json"
+RECORD_FORMAT = "dvscl-run-2"
+
+
+@dataclass
+class RunRecord:
+    """One folder's record. `owns` holds names or glob patterns relative to `folder`: what
+    `--overwrite` removes. `details` is what the tool adds (an evaluation's units, a dataset's
+    counts); it is not compared between runs. `stale` lists what `save` removes first (an
+    overwritten run's entries)."""
+    folder: Path
+    tool: str
+    settings: dict
+    owns: list[str]
+    complete: bool = False
+    details: dict = field(default_factory=dict)
+    stale: list[Path] = field(default_factory=list)
+
+    @property
+    def path(self) -> Path:
+        return self.folder / RECORD_FILE
+
+    def save(self) -> None:
+        """Remove the entries of an overwritten run, then write the record through a rename."""
+        for entry in self.stale:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink(missing_ok=True)
+        self.stale = []
+        atomic_write_json(self.path, {"format": RECORD_FORMAT, "tool": self.tool, "settings": self.settings,
+                                      "owns": self.owns, "complete": self.complete, "details": self.details})
+
+    def finish(self, **details: Any) -> None:
+        """Mark the run complete (adding `details`) and save the record."""
+        self.complete = True
+        self.details.update(details)
+        self.save()
+
+    def owned_entries(self) -> list[Path]:
+        """The entries of `folder` that `owns` names, the record file left out."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.iterdir()
+                      if p.name != RECORD_FILE and any(fnmatch.fnmatchcase(p.name, pattern) for pattern in self.owns))
+
+
+def read_record(folder: str | Path) -> RunRecord | None:
+    """The record of `folder`, None when it has none; a damaged one is a `UserError`."""
+    path = Path(folder) / RECORD_FILE
+    if not path.is_file():
+        return None
+    data = read_json(path, "run record")
+    kinds = {"format": str, "tool": str, "settings": dict, "owns": list, "complete": bool, "details": dict}
+    if not isinstance(data, dict) or any(not isinstance(data.get(k), kind) for k, kind in kinds.items()):
+        raise UserError(f"{path}: damaged run record (expected an object with {', '.join(kinds)}); it alone says "
+                        "what made this folder: restore it, or delete the folder")
+    if data["format"] != RECORD_FORMAT:
+        raise UserError(f"{path}: run record of format {data['format']!r}, this version reads {RECORD_FORMAT!r}")
+    return RunRecord(Path(folder), data["tool"], data["settings"], data["owns"], data["complete"], data["details"])
+
+
+def settings_difference(there: dict, here: dict, shown: int = 4) -> str:
+    """'' when equal, else the first `shown` differing settings as '--seed 0 there, 1 here; ...'."""
+    differ = sorted(k for k in set(there) | set(here) if there.get(k) != here.get(k))
+    text = "; ".join(f"--{k} {there.get(k)!r} there, {here.get(k)!r} here" for k in differ[:shown])
+    return text + (f"; and {len(differ) - shown} more" if len(differ) > shown else "")
+
+
+def claim_folder(folder: str | Path, tool: str, settings: dict, owns: Sequence[str], overwrite: bool = False,
+                 details: dict | None = None, may_change: Sequence[str] = ()) -> RunRecord:
+    """Check that `folder` may hold this run, and return its record, not yet saved: call `save`
+    once every other check has passed, so that a refused command leaves the folder as it was.
+
+    Refused with one line: a path that is not a folder; a folder inside an entry that another
+    record owns; a folder made by another tool; a folder of other settings (unless `overwrite`);
+    a non-empty folder without a record. With `overwrite`, `save` first removes what the old
+    record owns. A folder of the same settings keeps its record's `complete` and `details`.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: not a folder")
+    _check_not_owned_by_another(folder)
+    old = read_record(folder)
+    record = RunRecord(folder, tool, settings, list(owns), details=dict(details or {}))
+    if old is None:
+        # another process's record being written (a temporary) is not a stranger's file
+        entries = sorted(p.name for p in folder.iterdir() if _TEMPORARY_MARK not in p.name) if folder.is_dir() else []
+        if entries:
+            first = entries[0]
+            raise UserError(f"{folder}: holds files that no run record accounts for (e.g. {first}); "
+                            "pass a new or empty folder")
+        return record
+    if old.tool != tool:
+        raise UserError(f"{old.path}: this folder was made by {old.tool}, not {tool}; pass another folder")
+    differ = settings_difference({k: v for k, v in old.settings.items() if k not in may_change},
+                                 {k: v for k, v in settings.items() if k not in may_change})
+    if overwrite:
+        record.stale = old.owned_entries()
+    elif differ:
+        raise UserError(f"{old.path}: this folder holds a run of other settings ({differ}); pass another "
+                        "folder, or --overwrite to replace it")
+    else:
+        record.complete, record.details = old.complete, {**old.details, **record.details}
+    return record
+
+
+def _check_not_owned_by_another(folder: Path) -> None:
+    """A `UserError` when an ancestor's record owns the entry `folder` lies in."""
+    target = folder.resolve()
+    for ancestor in target.parents:
+        record = read_record(ancestor)
+        if record is None:
+            continue
+        entry = target.relative_to(ancestor).parts[0]
+        if any(fnmatch.fnmatchcase(entry, pattern) for pattern in record.owns):
+            raise UserError(f"{folder}: lies in {ancestor / entry}, which {record.tool} wrote ({record.path}); "
+                            "pass a folder of its own")
+
+
+def folder_digest(folder: str | Path) -> str:
+    """8 hex digits naming the resolved `folder`: what a side folder of a run (its TensorBoard
+    files) adds to the run's name, so that two runs never share one."""
+    return hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:8]
+
+
 def load_checkpoint(path: str | Path, allow_namespace: bool = False) -> dict:
     """Load a checkpoint safely (`weights_only=True`) onto the CPU.
 
@@ -171,9 +326,15 @@ def load_checkpoint(path: str | Path, allow_namespace: bool = False) -> dict:
     try:
         with torch.serialization.safe_globals(safe):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many kinds for corrupt or unsafe files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path}: not a loadable checkpoint ({first})") from None
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):
+            reason = str(err).split("WeightsUnpickler error:")[-1].strip().splitlines() or [type(err).__name__]
+            raise UserError(f"{path}: not a loadable checkpoint (damaged: {reason[0][:120]})") from None
+        raise UserError(f"{path}: not loaded: it holds Python objects other than tensors and plain data, which "
+                        "could run code when unpickled (a DVSCL, CMC or published checkpoint holds none)") from None
+    except Exception as err:  # torch raises many kinds for corrupt files
+        raise UserError(f"{path}: not a loadable checkpoint ({type(err).__name__}: "
+                        f"{_last_line(err)[:120]})") from None
     if not isinstance(ckpt, dict):
         raise UserError(f"{path}: checkpoint is a {type(ckpt).__name__}, expected a dict")
     return ckpt
@@ -283,6 +444,33 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def _ranged(convert: Callable[[str], Any], ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
+    """An argparse `type` that converts a flag's text and checks its range; a bad value is argparse's
+    one-line usage error naming the flag and `what` it must be."""
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {what}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text}: must be {what}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+# Ranges of numeric flags, declared where each flag is defined (`type=util.POSITIVE_INT`, ...).
+POSITIVE_INT = _ranged(int, lambda v: v > 0, "a whole number > 0")
+NON_NEGATIVE_INT = _ranged(int, lambda v: v >= 0, "a whole number >= 0")
+POSITIVE = _ranged(float, lambda v: 0 < v < float("inf"), "a number > 0")
+NON_NEGATIVE = _ranged(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
+FRACTION = _ranged(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+PROBABILITY = _ranged(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+SHARE = _ranged(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+SEED = _ranged(int, lambda v: 0 <= v < 2**32, "a seed in 0..4294967295")
+
+
 def check_numbers(args: argparse.Namespace, positive: Sequence[str] = (), non_negative: Sequence[str] = ()) -> None:
     """A `UserError` naming the first flag of `positive` that is not > 0 (NaN included) or of
     `non_negative` that is not >= 0."""
@@ -314,10 +502,19 @@ def process_only(action: argparse.Action) -> argparse.Action:
     return action
 
 
+# Flags naming files or folders: a run's identity holds them resolved, so `DATA/` and its absolute
+# path are the same data.
+PATH_FLAGS = ("data_folder", "list_folder", "intensity_csv", "model_path")
+
+
 def run_identity(args: argparse.Namespace, exclude: set[str] = frozenset()) -> dict:
     """The settings that determine a run's result, as plain data: every value of `args` except the
-    `process_only` flags and the names in `exclude` (values derived from such flags)."""
+    `process_only` flags and the names in `exclude` (values derived from such flags), with the
+    paths of `PATH_FLAGS` resolved."""
     kept = {k: v for k, v in sorted(vars(args).items()) if k not in PROCESS_ONLY | set(exclude)}
+    for name in PATH_FLAGS:
+        if isinstance(kept.get(name), str) and kept[name] and kept[name].lower() != "none":
+            kept[name] = str(Path(kept[name]).resolve())
     return json.loads(json.dumps(kept, default=str))
 
 
@@ -326,6 +523,11 @@ def add_amp_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> N
     parser.add_argument("--amp", action="store_true", help="mixed precision with torch.amp")
     parser.add_argument("--opt_level", choices=sorted(AMP_DTYPES), default="O2",
                         help="with --amp: O1 = float16 autocast with a GradScaler (CUDA), O2 = bfloat16 autocast")
+
+
+def grad_scaler(args: argparse.Namespace, device: torch.device) -> torch.amp.GradScaler:
+    """The gradient scaler of `--amp --opt_level O1` on CUDA (float16 needs it); disabled otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=args.amp and args.opt_level == "O1" and device.type == "cuda")
 
 
 def autocast(device_type: str, amp: bool, opt_level: str) -> ContextManager:

@@ -12,13 +12,23 @@ what they share (subjects, folds, unit seeds, head initialisation) cancels out.
 """
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 from scipy import stats
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+
+import dataset
+import util
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from .runs import RunFolder
 
 METRICS = ("acc", "uf1", "uar")
 
@@ -105,6 +115,137 @@ class Resamples:
             low, high = np.percentile(resampled, [100 * self.tail, 100 * (1 - self.tail)])
             out[metric] = Interval(float(point.mean()), float(low), float(high), float((resampled > 0).mean()))
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's pooled results
+
+
+class Prediction(NamedTuple):
+    """One row of predictions.csv."""
+    seed: int
+    unit: str
+    subject: str
+    sample: str
+    label: int
+    prediction: int
+    dbtype: int
+
+
+def _pooled(rows: Sequence[Prediction], n_classes: int) -> dict:
+    return compute_metrics([r.label for r in rows], [r.prediction for r in rows], n_classes)
+
+
+def aggregate(folder: RunFolder, record: util.RunRecord, units: Sequence[str] | None = None,
+              writer: SummaryWriter | None = None) -> dict:
+    """Pooled metrics of `units` (default: all of the run's) for every seed of the run; writes
+    predictions.csv, results.json and confusion.png, and marks the record complete when every
+    unit of the run is in.
+
+    A missing unit file is a `UserError` naming the units (nothing is written); a deliberate
+    subset passes its `units` and is marked incomplete in results.json.
+
+    acc/UF1/UAR are computed per seed on the predictions of all its units pooled, then averaged
+    over seeds (std beside). Per-unit figures and the confusion matrix pool every seed's
+    predictions; `n` counts distinct samples. A sample tested twice within one seed is an error.
+    """
+    info = {**record.details, "protocol": record.settings["protocol"]}
+    n_classes, kind, seeds = info["n_classes"], info["unit_kind"], info["seeds"]
+    units = info["units"] if units is None else list(units)
+    wanted = {(seed, unit) for seed in seeds for unit in units}
+    records = [r for r in folder.load_units() if (r["seed"], r["unit"]) in wanted]
+    done = {(r["seed"], r["unit"]) for r in records}
+    absent = [unit if len(seeds) == 1 else f"seed{seed}/{unit}" for seed in seeds for unit in units
+              if (seed, unit) not in done]
+    if absent:
+        what = "subject(s)" if kind == "per_subject" else "fold(s)"
+        raise util.UserError(f"{folder.root}: {len(absent)} of {len(wanted)} {what} not finished "
+                             f"({', '.join(absent)}); run their shards again (finished units are skipped) "
+                             "before aggregating")
+    rows: list[Prediction] = []
+    seen: dict[tuple[int, str], str] = {}
+    for unit in records:
+        for key, subject, label, prediction, dbtype in zip(unit["keys"], unit["subjects"], unit["labels"],
+                                                           unit["predictions"], unit["dbtypes"]):
+            if (unit["seed"], key) in seen:
+                raise util.UserError(f"{folder.unit_path(unit['seed'], unit['unit'])}: sample {key} is also "
+                                     f"tested in unit {seen[unit['seed'], key]}")
+            seen[unit["seed"], key] = unit["unit"]
+            rows.append(Prediction(unit["seed"], unit["unit"], subject, key, label, prediction, dbtype))
+    per_seed = _per_seed(rows, n_classes)
+    units = {}
+    for name in sorted({r.unit for r in rows}, key=_natural_key):
+        unit_rows = [r for r in rows if r.unit == name]
+        metrics = {**_pooled(unit_rows, n_classes), "n": len({r.sample for r in unit_rows})}
+        units[name] = ({"acc": metrics["acc"], "n": metrics["n"]} if kind == "per_subject" else
+                       {**{k: metrics[k] for k in ("acc", "uf1", "uar", "n")},
+                        "subjects": sorted({r.subject for r in unit_rows}, key=_natural_key)})
+    pooled = _pooled(rows, n_classes)
+    missing = [f"seed{s}/{u}" for s in seeds for u in info["units"] if u not in units]
+    results = {"protocol": info["protocol"], **_seed_mean(per_seed)}
+    databases = sorted({r.dbtype for r in rows})
+    if len(databases) > 1:
+        results["per_database"] = {
+            dataset.DATABASES.get(db, f"dbtype{db}"): {
+                **_seed_mean(_per_seed([r for r in rows if r.dbtype == db], n_classes)),
+                "dbtype": db, "n_samples": len({r.sample for r in rows if r.dbtype == db})}
+            for db in databases}
+    results.update({"n_samples": len({r.sample for r in rows}), "seeds": per_seed, kind: units,
+                    "class_names": info["class_names"], "classes_present": pooled["classes_present"],
+                    "confusion": pooled["confusion"], "complete": not missing, "missing": missing,
+                    "args": info["args"], "git_revision": util.git_revision()})
+    _write_predictions(folder.root / "predictions.csv", rows)
+    util.atomic_write_json(folder.root / "results.json", results)
+    title = f"{info['protocol']}: acc {results['acc']:.3f} UF1 {results['uf1']:.3f} UAR {results['uar']:.3f}"
+    plot_confusion(np.array(pooled["confusion"]), info["class_names"], folder.root / "confusion.png", title)
+    if results["complete"]:
+        record.finish()
+    if writer is not None:
+        for metric in ("acc", "uf1", "uar"):
+            writer.add_scalar(f"pooled/{metric}", results[metric], len(done))
+    return results
+
+
+def _per_seed(rows: Sequence[Prediction], n_classes: int) -> dict[str, dict]:
+    """acc/UF1/UAR/n of each seed's predictions pooled (MEGC convention), keyed by seed."""
+    per_seed = {}
+    for seed in sorted({r.seed for r in rows}):
+        metrics = _pooled([r for r in rows if r.seed == seed], n_classes)
+        per_seed[str(seed)] = {k: metrics[k] for k in ("acc", "uf1", "uar", "n")}
+    return per_seed
+
+
+def _seed_mean(per_seed: dict[str, dict]) -> dict:
+    """Mean and sample std over seeds of acc, UF1 and UAR (std 0 for one seed)."""
+    out = {}
+    for metric in ("acc", "uf1", "uar"):
+        values = [m[metric] for m in per_seed.values()]
+        out[metric] = float(np.mean(values))
+        out[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return out
+
+
+def _natural_key(name: str) -> tuple:
+    """'spNO10' after 'spNO9'; 'fold10' after 'fold9'."""
+    digits = "".join(c for c in name if c.isdigit())
+    return (name.rstrip("0123456789"), int(digits) if digits else -1, name)
+
+
+def _write_predictions(path: Path, rows: Sequence[Prediction]) -> None:
+    buffer = io.StringIO()
+    out = csv.writer(buffer, lineterminator="\n")
+    out.writerow(Prediction._fields)
+    out.writerows(rows)
+    util.atomic_write_text(path, buffer.getvalue())
+
+
+def summary_line(results: dict) -> str:
+    """One line: the pooled metrics (mean ± std over seeds when there are several)."""
+    several = len(results["seeds"]) > 1
+    parts = [f"{label} {results[m]:.4f}" + (f" ± {results[m + '_std']:.4f}" if several else "")
+             for m, label in (("acc", "acc"), ("uf1", "UF1"), ("uar", "UAR"))]
+    status = "" if results["complete"] else f" (subset: {len(results['missing'])} units left out)"
+    return f"{results['protocol']}: {', '.join(parts)} over {results['n_samples']} predictions{status}"
 
 
 def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path, title: str) -> None:

@@ -47,7 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from unittest import mock  # noqa: E402
 
 import dataset  # noqa: E402
-import evaluation  # noqa: E402
+from evaluation import engine  # noqa: E402
 from scripts.datatools.synthetic import generate as synthetic  # noqa: E402
 import util  # noqa: E402
 from models import build_model  # noqa: E402
@@ -221,8 +221,8 @@ def loso_speedup(out: Path, epochs: int, rounds: int) -> dict:
     for round_no in range(rounds):
         for name in timings:
             # every_epoch re-runs the frozen encoder on every training batch, as the published code does
-            patch = mock.patch.object(evaluation, "uses_cached_features", (lambda args: False) if name == "every_epoch"
-                                      else evaluation.uses_cached_features)
+            patch = mock.patch.object(engine, "uses_cached_features", (lambda args: False) if name == "every_epoch"
+                                      else engine.uses_cached_features)
             run_name = f"{name}_{round_no}"
             start = time.perf_counter()
             with patch, contextlib.redirect_stdout(io.StringIO()):  # per-subject lines: in the run's log.txt

@@ -23,18 +23,20 @@
 #
 #   VIEWS="RGB_D RGB_gray" ENCODERS=plain DATASETS="default=" bash scripts/compare.sh out/views
 #
-# A finished pre-training is skipped and an evaluation resumes its finished units when the script
-# runs again, so an interrupted comparison resumes; OUT_DIR/settings.txt records the settings, and a
-# run with other settings refuses that OUT_DIR.
+# A finished pre-training is skipped, an interrupted one resumed from its last.pth, and an
+# evaluation resumes its finished units when the script runs again, so an interrupted comparison
+# resumes. OUT_DIR/run.json (the run record) holds the settings that determine the results; a run
+# with other settings refuses that OUT_DIR. Every variable is checked before anything starts.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-$repo/.venv/bin/python}"
 [[ -x "$python" ]] || python="$(command -v python3)"
+fail() { echo "error: $*" >&2; exit 2; }
 image_size="${IMAGE_SIZE:-96}"
-[[ $image_size =~ ^[0-9]+$ ]] || { echo "error: IMAGE_SIZE=$image_size: expected a whole number of pixels" >&2; exit 2; }
-mkdir -p "${1:-$repo/out/compare}"
-out="$(cd "${1:-$repo/out/compare}" && pwd)"
+pretrain_epochs="${PRETRAIN_EPOCHS:-60}"
+[[ $image_size =~ ^[0-9]+$ ]] || fail "IMAGE_SIZE=$image_size: expected a whole number of pixels"
+[[ $pretrain_epochs =~ ^[1-9][0-9]*$ ]] || fail "PRETRAIN_EPOCHS=$pretrain_epochs: expected a whole number > 0"
 IFS=';' read -r -a datasets <<< "${DATASETS-default=;realistic-mc=--regime realistic --motion_compensation}"
 read -r -a views <<< "${VIEWS:-RGB_D}"
 read -r -a encoders <<< "${ENCODERS:-random plain threshold}"
@@ -42,24 +44,50 @@ read -r -a protocols <<< "${PROTOCOLS:-probe frozen finetune}"
 read -r -a seeds <<< "${SEEDS:-0 1 2}"
 read -r -a extra_pretrain <<< "${PRETRAIN_FLAGS:-}"
 read -r -a extra_eval <<< "${EVAL_FLAGS:-}"
-pretrain_epochs="${PRETRAIN_EPOCHS:-60}"
+one_of() {  # one_of VARIABLE "ALLOWED..." VALUES...: there is a value, and each is one of ALLOWED
+    local variable="$1" allowed="$2"
+    shift 2
+    (($# > 0)) || fail "$variable is empty: expected some of: $allowed"
+    for value in "$@"; do
+        [[ " $allowed " == *" $value "* ]] || fail "$variable: '$value' is not one of: $allowed"
+    done
+}
+one_of ENCODERS "random plain threshold" "${encoders[@]}"
+one_of PROTOCOLS "probe frozen finetune" "${protocols[@]}"
+one_of VIEWS "RGB_D RGB_gray" "${views[@]}"
+((${#seeds[@]} > 0)) || fail "SEEDS is empty: expected seeds such as '0 1 2'"
+for seed in "${seeds[@]}"; do
+    [[ $seed =~ ^[0-9]+$ ]] || fail "SEEDS: '$seed' is not a seed (a whole number >= 0)"
+done
+((${#datasets[@]} > 0)) || fail "DATASETS is empty: expected NAME=GENERATOR FLAGS;..."
+declare -A dataset_seen=()
+for entry in "${datasets[@]}"; do
+    [[ $entry == *=* ]] || fail "DATASETS: '$entry' is not NAME=GENERATOR FLAGS"
+    name="${entry%%=*}"
+    [[ $name =~ ^[A-Za-z0-9._-]+$ ]] || fail "DATASETS: '$name' is not a folder name (letters, digits, . _ -)"
+    [[ -z ${dataset_seen[$name]:-} ]] || fail "DATASETS: '$name' is named twice"
+    dataset_seen[$name]=1
+done
+out_arg="${1:-$repo/out/compare}"
+[[ ! -e $out_arg || -d $out_arg ]] || fail "$out_arg: OUT_DIR is not a folder"
+mkdir -p "$out_arg" 2> /dev/null || fail "$out_arg: cannot create OUT_DIR"
+out="$(cd "$out_arg" && pwd)"
 logs="$out/logs"
-mkdir -p "$logs"
 cd "$repo"
 
-settings="datasets: ${DATASETS-default=;realistic-mc=--regime realistic --motion_compensation}
-image size: $image_size
-pretrain epochs: $pretrain_epochs
-pretrain flags: ${extra_pretrain[*]}
-eval flags: ${extra_eval[*]}"
-if [[ -f "$out/settings.txt" ]] && [[ "$(cat "$out/settings.txt")" != "$settings" ]]; then
-    echo "error: $out/settings.txt: this folder holds a comparison of other settings; pass another OUT_DIR" >&2
-    exit 2
-fi
-# written through a rename, so that a comparison started alongside (another seed into the same
-# OUT_DIR) never reads a half-written file
-printf '%s\n' "$settings" > "$out/settings.txt.$$"
-mv "$out/settings.txt.$$" "$out/settings.txt"
+# The folder is this comparison's, or refused in one line; the record is written through a rename,
+# so comparisons started alongside (another seed into the same OUT_DIR) never read half of it.
+"$python" - "$out" "${DATASETS-default=;realistic-mc=--regime realistic --motion_compensation}" "$image_size" \
+    "$pretrain_epochs" "${extra_pretrain[*]}" "${extra_eval[*]}" << 'EOF' || exit 2
+import sys
+import util
+folder, datasets, image_size, epochs, pretrain_flags, eval_flags = sys.argv[1:]
+settings = {"datasets": datasets, "image_size": int(image_size), "pretrain_epochs": int(epochs),
+            "pretrain_flags": pretrain_flags, "eval_flags": eval_flags}
+util.run_cli(lambda: util.claim_folder(folder, "scripts/compare.sh", settings,
+                                       ("logs", "results_table.txt", "comparison.png")).save())
+EOF
+mkdir -p "$logs"
 
 # Demo scale. Full-scale settings are the scripts' defaults (README.md); at 96 px alexnet's conv5
 # keeps a spatial map (2 x 2; below 95 px it is 1 x 1). The thresholded pool is
@@ -84,24 +112,35 @@ run() {  # run LOG COMMAND...: output to logs/LOG.*; on failure show their end
     fi
 }
 
+complete() {  # complete FOLDER: its run record says that its run finished
+    "$python" -c 'import sys, util; r = util.read_record(sys.argv[1]); sys.exit(0 if r and r.complete else 1)' \
+        "$1" 2> /dev/null
+}
+
 rows=()
 for entry in "${datasets[@]}"; do
     name="${entry%%=*}" generator_flags=()
     read -r -a generator_flags <<< "${entry#*=}"
     data="$out/$name/data"
-    if [[ ! -f "$data/synthetic_casme3.json" ]] || ! grep -q '"complete": true' "$data/synthetic_casme3.json"; then
+    if ! complete "$data"; then
         say "$name: synthetic data ${generator_flags[*]}"
         run "${name}_data" "$python" scripts/make_synthetic_casme3.py --out "$data" --seed 0 --samples_per_subject 10 \
             --image_size $((image_size * 9 / 8)) "${generator_flags[@]}"
     fi
     # the threshold that best separates the pool's pairs without action, and the epochs that give
-    # the thresholded run as many steps as the plain one
-    read -r threshold threshold_epochs < <("$python" -c '
-import json, sys
-pool = json.load(open(sys.argv[1]))["pool"]
+    # the thresholded run as many steps as the plain one (0 when it holds less than one batch)
+    read -r threshold threshold_epochs < <("$python" - "$data" "$pretrain_epochs" "$batch_size" << 'EOF'
+import sys
+import util
+pool = util.read_record(sys.argv[1]).details["pool"]
 epochs, batch = int(sys.argv[2]), int(sys.argv[3])
-print(pool["intensity_threshold"], round(epochs * (pool["pairs"] // batch) / (pool["kept"] // batch)))' \
-        "$data/synthetic_casme3.json" "$pretrain_epochs" "$batch_size")
+steps = pool["kept"] // batch
+print(pool["intensity_threshold"], round(epochs * (pool["pairs"] // batch) / steps) if steps else 0)
+EOF
+    )
+    if [[ " ${encoders[*]} " == *" threshold "* ]] && ((threshold_epochs == 0)); then
+        fail "$data: the pool above the intensity threshold $threshold holds less than one batch ($batch_size pairs); leave threshold out of ENCODERS"
+    fi
     for view in "${views[@]}"; do
         declare -A runs=()
         for seed in "${seeds[@]}"; do
@@ -112,13 +151,15 @@ print(pool["intensity_threshold"], round(epochs * (pool["pairs"] // batch) / (po
                     epochs=$pretrain_epochs filter=()
                     [[ $encoder == threshold ]] && epochs=$threshold_epochs filter=(--intensity_threshold "$threshold")
                     model_path="$out/$name/models/${view}_${encoder}_seed${seed}/last.pth"
-                    if [[ ! -f "$model_path" ]]; then
-                        say "$name: pre-training $encoder, --view $view --seed $seed ($epochs epochs)"
+                    if ! complete "$(dirname "$model_path")"; then
+                        resume=()
+                        [[ -f "$model_path" ]] && resume=(--resume "$model_path")
+                        say "$name: pre-training $encoder, --view $view --seed $seed ($epochs epochs${resume:+, resumed})"
                         run "pretrain_$tag" "$python" pre-train_CVSCL.py --data_folder "$data" \
                             --model_path "$out/$name/models" --tb_path "$out/$name/tb" --num_workers 0 \
                             --image_size "$image_size" "${pretrain_flags[@]}" "${filter[@]}" --epochs "$epochs" \
                             --save_freq "$epochs" --view "$view" --seed "$seed" --run_name "${view}_${encoder}_seed${seed}" \
-                            --overwrite "${extra_pretrain[@]}"
+                            "${resume[@]}" "${extra_pretrain[@]}"
                     fi
                 fi
                 for protocol in "${protocols[@]}"; do

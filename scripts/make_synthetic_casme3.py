@@ -15,37 +15,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.datatools.fake_release import ANNOTATION_NAME  # noqa: E402  (after the sys.path line)
 from scripts.datatools.synthetic import generate as synthetic  # noqa: E402
-from scripts.datatools.synthetic.raw_release import GROUND_TRUTH_NAME, PART_A, PART_B  # noqa: E402
+from scripts.datatools.synthetic.raw_release import GROUND_TRUTH_NAME, PART_A, PART_B, RAW_ENTRIES  # noqa: E402
 from scripts.datatools.synthetic.regime import (REGIMES, knob_help, knob_names,  # noqa: E402
-                                                make_regime)
+                                                knob_type, make_regime)
+from util import (NON_NEGATIVE_INT, POSITIVE_INT, PROBABILITY, SEED, ArgumentParser,  # noqa: E402
+                  run_cli)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; defaults make a small CPU demo dataset."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Generate synthetic CAS(ME)^3-like RGB, depth and grey (luma) difference images, per-subject "
                     "LOSO lists and an unlabeled pre-training pool, in the real DVSCL layout.",
-        epilog=f"DIR must be new, empty, or an earlier output of this script (it holds "
-               f"{synthetic.MARKER_NAME}); in an earlier output only the generator's own entries "
-               f"({', '.join(synthetic.OWNED_ENTRIES)}) are deleted and rewritten, anything else "
-               f"there is left alone. CAS(ME)^3 scale: --subjects 95 --samples_per_subject 10 "
-               f"--pool_per_subject 100 --image_size 224.",
+        epilog=f"DIR must be new, empty, or an earlier output of this script (its run.json says so); there "
+               f"only the generator's own entries ({', '.join(synthetic.PREPARED_ENTRIES)}; with --raw_release "
+               f"{', '.join(RAW_ENTRIES)}) are deleted and rewritten, anything else there is left alone. "
+               f"CAS(ME)^3 scale: --subjects 95 --samples_per_subject 10 --pool_per_subject 100 --image_size 224.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="output folder DIR")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
-    parser.add_argument("--subjects", type=int, default=10, help="labeled subjects (LOSO folds)")
-    parser.add_argument("--samples_per_subject", type=int, default=30,
+    parser.add_argument("--overwrite", action="store_true",
+                        help="generate into a DIR that holds an output of other arguments (its entries are replaced)")
+    parser.add_argument("--seed", type=SEED, default=0, help="random seed (same seed, same bytes)")
+    parser.add_argument("--subjects", type=POSITIVE_INT, default=10, help="labeled subjects (LOSO folds)")
+    parser.add_argument("--samples_per_subject", type=POSITIVE_INT, default=30,
                         help="mean labeled samples per subject (counts per subject vary, at least 1)")
-    parser.add_argument("--pool_per_subject", type=int, default=50,
+    parser.add_argument("--pool_per_subject", type=NON_NEGATIVE_INT, default=50,
                         help="unlabeled pre-training pairs per subject")
-    parser.add_argument("--pool_only_subjects", type=int, default=2,
+    parser.add_argument("--pool_only_subjects", type=NON_NEGATIVE_INT, default=2,
                         help="extra subjects with pool pairs only (like CAS(ME)^3 part B)")
-    parser.add_argument("--image_size", type=int, default=72, help="square image side in pixels")
+    parser.add_argument("--image_size", type=POSITIVE_INT, default=72, help="square image side in pixels")
     parser.add_argument("--classes", type=int, choices=(3, 4), default=4,
                         help="4: negative, others, positive, surprise; 3: others dropped")
-    parser.add_argument("--apex_equals_onset_share", type=float, default=0.05,
+    parser.add_argument("--apex_equals_onset_share", type=PROBABILITY, default=0.05,
                         help="share of labeled samples with apex == onset (all-zero difference)")
-    parser.add_argument("--label_noise", type=float, default=0.1,
+    parser.add_argument("--label_noise", type=PROBABILITY, default=0.1,
                         help="share of labeled samples whose movement belongs to another class")
     parser.add_argument("--depth_bits", type=int, choices=(8, 16), default=8,
                         help="depth difference PNG bit depth (8: 128 + 16/mm, 16: 32768 + 64/mm)")
@@ -65,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                "action (docs/synthetic-data.md)")
     for name in knob_names():
         presets = ", ".join(f"{regime} {getattr(values, name):.3g}" for regime, values in REGIMES.items())
-        nuisance.add_argument(f"--{name}", type=float, default=None, help=f"{knob_help(name)} ({presets})")
+        nuisance.add_argument(f"--{name}", type=knob_type(name), default=None, help=f"{knob_help(name)} ({presets})")
     return parser.parse_args(argv)
 
 
@@ -108,22 +111,20 @@ def _raw_release_lines(summary: dict, out: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Generate the dataset; on a bad argument or folder print one error line and return 2."""
+    """Generate the dataset and print its summary; returns 0 (a bad argument or folder raises
+    `util.UserError`, which `util.run_cli` prints as one line with exit code 2)."""
     args = parse_args(argv)
-    try:
-        summary = synthetic.generate_dataset(
-            args.out, seed=args.seed, n_subjects=args.subjects, samples_per_subject=args.samples_per_subject,
-            pool_per_subject=args.pool_per_subject, pool_only_subjects=args.pool_only_subjects,
-            image_size=args.image_size, n_classes=args.classes,
-            apex_equals_onset_share=args.apex_equals_onset_share, label_noise=args.label_noise,
-            depth_bits=args.depth_bits, motion_compensation=args.motion_compensation, raw_release=args.raw_release,
-            regime=make_regime(args.regime, **{name: getattr(args, name) for name in knob_names()}))
-    except synthetic.SyntheticError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    summary = synthetic.generate_dataset(
+        args.out, seed=args.seed, n_subjects=args.subjects, samples_per_subject=args.samples_per_subject,
+        pool_per_subject=args.pool_per_subject, pool_only_subjects=args.pool_only_subjects,
+        image_size=args.image_size, n_classes=args.classes,
+        apex_equals_onset_share=args.apex_equals_onset_share, label_noise=args.label_noise,
+        depth_bits=args.depth_bits, motion_compensation=args.motion_compensation, raw_release=args.raw_release,
+        regime=make_regime(args.regime, **{name: getattr(args, name) for name in knob_names()}),
+        overwrite=args.overwrite)
     print(format_summary(summary, args.out))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -18,14 +18,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dataset  # noqa: E402
-from evaluation import compute_metrics  # noqa: E402
-from util import ArgumentParser, UserError, run_cli  # noqa: E402
+from evaluation.metrics import compute_metrics  # noqa: E402
+from util import POSITIVE, POSITIVE_INT, ArgumentParser, UserError, run_cli  # noqa: E402
 
 
 def pixel_vectors(samples: list[dataset.Sample], size: int) -> np.ndarray:
@@ -54,6 +55,19 @@ def loso_predictions(x: np.ndarray, labels: np.ndarray, subjects: np.ndarray,
     return predictions
 
 
+def check_size(size: int, sample: dataset.Sample) -> None:
+    """A `UserError` when `size` is larger than the (first) sample's RGB image: the baseline shrinks
+    images, and enlarging them would only cost memory (quadratically in `size`)."""
+    try:
+        with Image.open(sample.rgb_path) as image:
+            width, height = image.size
+    except OSError:
+        return  # decoding reports the file
+    if size > min(width, height):
+        raise UserError(f"--size {size}: larger than the images ({width}x{height} px, e.g. {sample.rgb_path}); "
+                        f"use at most {min(width, height)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_folder", type=str, required=True, help="root the list paths are relative to")
@@ -61,14 +75,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="folder with v_rgb/ and the second view's lists (default: DATA_FOLDER/data)")
     parser.add_argument("--view", choices=sorted(dataset.SECOND_VIEW_LISTS), default="RGB_D",
                         help="second view of each sample (RGB: none)")
-    parser.add_argument("--size", type=int, default=16, help="side, in pixels, the images are shrunk to")
-    parser.add_argument("--C", type=float, nargs="+", default=[0.01, 0.1, 1.0],
+    parser.add_argument("--size", type=POSITIVE_INT, default=16,
+                        help="side, in pixels, the images are shrunk to (at most the images' own side)")
+    parser.add_argument("--C", type=POSITIVE, nargs="+", default=[0.01, 0.1, 1.0],
                         help="inverse regularisation strengths to report")
     args = parser.parse_args(argv)
-    if args.size < 1:
-        raise UserError(f"--size {args.size}: must be positive")
-    if any(not c > 0 for c in args.C):
-        raise UserError(f"--C {' '.join(f'{c:g}' for c in args.C)}: every value must be positive")
     second = dataset.SECOND_VIEW_LISTS[args.view]
     list_folder = dataset.find_list_folder(args.data_folder, args.list_folder, second)
     samples = dataset.load_labeled(list_folder, Path(args.data_folder), dataset.subject_names(list_folder),
@@ -81,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"{list_folder / dataset.RGB_LISTS}: LOSO needs at least two subjects with samples")
     n_classes = int(labels.max()) + 1
     dataset.check_labels(samples, n_classes)
+    check_size(args.size, samples[0])
     x = pixel_vectors(samples, args.size)
     print(f"{len(samples)} samples, {len(np.unique(subjects))} subjects, per class "
           f"{np.bincount(labels, minlength=n_classes).tolist()}, {x.shape[1]} pixels each")

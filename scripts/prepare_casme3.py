@@ -1,4 +1,4 @@
-"""Prepare a CAS(ME)^3 release for DVSCL (README.md, "Reproducing on CAS(ME)^3"; --help for flags).
+"""Prepare a CAS(ME)^3 release for DVSCL (docs/casme3-preparation.md; --help for flags).
 
 The flags are parsed here into one `Settings` object; `scripts.datatools.casme3.prepare` does the work.
 """
@@ -15,12 +15,12 @@ from dataset import DEPTH_GAIN, RGB_GAIN  # noqa: E402
 from scripts.datatools.casme3.images import MEASURES  # noqa: E402
 from scripts.datatools.casme3.prepare import prepare  # noqa: E402
 from scripts.datatools.casme3.settings import Settings  # noqa: E402
-from util import run_cli  # noqa: E402
+from util import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ArgumentParser, run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `scripts/prepare_casme3.py`."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Prepare CAS(ME)^3 for DVSCL: RGB, depth and grey (luma, for --view RGB_gray) difference "
                     "images of the labeled MEs, LOSO lists and an unlabeled pre-training pool with per-pair "
                     "intensities.")
@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--sheet", default=None, help="workbook sheet (default 'label', or the only sheet)")
     inputs.add_argument("--out", required=True, help="output data folder (outside every input tree)")
     inputs.add_argument("--overwrite", action="store_true",
-                        help="recompute every pair (needed to change image settings in an existing --out)")
-    inputs.add_argument("--workers", type=int, default=0, help="worker processes (0: in this process)")
+                        help="remove what an earlier preparation wrote in --out and recompute every pair (needed "
+                             "to change image settings in an existing --out)")
+    inputs.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help="worker processes (0: in this process)")
     inputs.add_argument("--strict", action="store_true",
                         help="stop at the first skipped ME instead of reporting it")
 
@@ -46,18 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep MEs with Apex == Onset (all-zero difference; the published lists kept them)")
 
     images = parser.add_argument_group("images")
-    images.add_argument("--image_size", type=int, default=256, help="output side in pixels (0: crop size)")
+    images.add_argument("--image_size", type=NON_NEGATIVE_INT, default=256, help="output side in pixels (0: crop size)")
     images.add_argument("--crop", choices=("face", "box", "none"), default=None,
                         help="face: OpenCV Haar cascade on the first frame; box: --box_file; none: whole "
                              "frame (default: box with --box_file, else face)")
     images.add_argument("--box_file", default=None, help="CSV Subject, Filename, x, y, w, h: one box per video")
-    images.add_argument("--crop_margin", type=float, default=0.2,
+    images.add_argument("--crop_margin", type=NON_NEGATIVE, default=0.2,
                         help="margin added on each side of a detected face, as a fraction of its side")
-    images.add_argument("--rgb_gain", type=float, default=RGB_GAIN,
+    images.add_argument("--rgb_gain", type=POSITIVE, default=RGB_GAIN,
                         help="grey levels per 8-bit intensity step: pixel = 128 + gain * (apex - onset); "
                              "the default saturates at +-64 levels (as the synthetic data); also the grey "
                              "view's gain")
-    images.add_argument("--depth_gain", type=float, default=DEPTH_GAIN[8],
+    images.add_argument("--depth_gain", type=POSITIVE, default=DEPTH_GAIN[8],
                         help="grey levels per raw depth unit (mm): pixel = 128 + gain * (apex - onset); "
                              "the default saturates at +-8 mm (as the synthetic data)")
     images.add_argument("--motion_compensation", action="store_true",
@@ -73,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     pool.add_argument("--pool_exclude", action="append", default=[],
                       help="more annotations (e.g. macro-expressions; columns Subject, Filename, Onset"
                            "[, Apex, Offset]) whose intervals stay out of the pool (repeatable)")
-    pool.add_argument("--gap", type=int, default=6, help="frames between the two frames of a pair")
-    pool.add_argument("--stride", type=int, default=30, help="frames between consecutive pairs")
+    pool.add_argument("--gap", type=POSITIVE_INT, default=6, help="frames between the two frames of a pair")
+    pool.add_argument("--stride", type=POSITIVE_INT, default=30, help="frames between consecutive pairs")
     pool.add_argument("--intensity", choices=MEASURES, default="mad",
                       help="pair intensity written to pretrain.txt: mad (mean absolute RGB difference in "
                            "the crop, 8-bit levels), flow (mean Farneback flow magnitude in output pixels), "
@@ -84,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     pool.add_argument("--calibrate", action="store_true",
                       help="threshold = a low percentile of the labeled MEs' intensities; also plots "
                            "intensity_histogram.png")
-    pool.add_argument("--calibration_percentile", type=float, default=5.0,
-                      help="percentile of the labeled intensities used by --calibrate")
-    pool.add_argument("--intensity_threshold", type=float, default=None,
+    pool.add_argument("--calibration_percentile", type=NON_NEGATIVE, default=5.0,
+                      help="percentile (0..100) of the labeled intensities used by --calibrate")
+    pool.add_argument("--intensity_threshold", type=NON_NEGATIVE, default=None,
                       help="keep pool pairs with intensity >= this")
     return parser
 

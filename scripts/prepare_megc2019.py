@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataset import RGB_GAIN  # noqa: E402
 from scripts.datatools.megc2019.prepare import Settings, prepare  # noqa: E402
-from util import ArgumentParser, run_cli  # noqa: E402
+from util import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, ArgumentParser, run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--samm_sheet", default=None,
                         help="SAMM sheet (default SAMM_Micro_FACS_Codes_v2.xlsx in --samm or beside it)")
     inputs.add_argument("--out", required=True, help="output data folder (outside every input tree)")
-    inputs.add_argument("--workers", type=int, default=0, help="worker processes (0: in this process)")
+    inputs.add_argument("--overwrite", action="store_true",
+                        help="remove what an earlier preparation wrote in --out first (needed to prepare other "
+                             "settings in an existing --out)")
+    inputs.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help="worker processes (0: in this process)")
     rows = parser.add_argument_group("sheet rows")
     rows.add_argument("--estimate_bad_apex", dest="estimate_bad_apex", action="store_true", default=True,
                       help="keep a CASME II or SAMM row whose apex the sheet lacks or gets wrong (e.g. '/', -1, "
@@ -43,12 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     rows.add_argument("--no_estimate_bad_apex", dest="estimate_bad_apex", action="store_false",
                       help="leave those rows out instead, each with a warning (default: kept, --estimate_bad_apex)")
     images = parser.add_argument_group("images")
-    images.add_argument("--image_size", type=int, default=256, help="output side in pixels (0: crop size)")
+    images.add_argument("--image_size", type=NON_NEGATIVE_INT, default=256, help="output side in pixels (0: crop size)")
     images.add_argument("--crop", choices=("face", "none"), default="face",
                         help="face: OpenCV Haar cascade on the onset frame; none: whole frame")
-    images.add_argument("--crop_margin", type=float, default=0.2,
+    images.add_argument("--crop_margin", type=NON_NEGATIVE, default=0.2,
                         help="margin added on each side of a detected face, as a fraction of its side")
-    images.add_argument("--rgb_gain", type=float, default=RGB_GAIN,
+    images.add_argument("--rgb_gain", type=POSITIVE, default=RGB_GAIN,
                         help="grey levels per 8-bit intensity step: pixel = 128 + gain * (apex - onset), as "
                              "the CAS(ME)^3 preparation")
     return parser

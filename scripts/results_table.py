@@ -220,7 +220,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.plot is not None:
         plot_comparison([(c.row.label, c.own["uar"], c.difference["uar"] if c.difference else None)
                          for c in comparisons], args.baseline, args.plot)
-        print(f"figure: {args.plot}")
 
 
 if __name__ == "__main__":

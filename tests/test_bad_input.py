@@ -25,7 +25,7 @@ def fails(main, argv: list[str], capsys) -> str:
         util.run_cli(lambda: main(argv))
     assert exit_info.value.code == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error: ")]
+    errors = [line for line in lines if line.startswith("error: ") or ": error: " in line]
     assert len(errors) == 1 and lines[-1] == errors[0], lines
     return errors[0]
 
@@ -50,7 +50,7 @@ def test_pretrain_refuses_bad_numbers_and_devices(pool: Path, tmp_path: Path, ca
 @pytest.mark.parametrize("flags, message", [
     (["--learning_rate", "-1"], "--learning_rate -1.0: must be positive"),
     (["--learning_rate", "0"], "--learning_rate 0.0: must be positive"),
-    (["--encoder_lr_mult", "-0.1"], "--encoder_lr_mult -0.1: must be at least 0"),
+    (["--encoder_lr_mult", "-0.1"], "argument --encoder_lr_mult: -0.1: must be a number >= 0"),
     (["--device", "gpu0"], "--device gpu0: expected auto, cpu, cuda or cuda:N"),
 ])
 def test_evaluation_refuses_bad_numbers_and_devices(synthetic_data: Path, tmp_path: Path, capsys, flags,
@@ -135,8 +135,9 @@ def test_evaluation_tensorboard_files_go_to_a_per_run_folder(synthetic_data: Pat
     for name in ("first", "second"):
         finetune.main(loso_args(synthetic_data, tmp_path, "--tb_path", str(tb), "--run_name", name,
                                 "--subjects", "spNO59,spNO67", "--freeze_encoder"))
-    assert sorted(p.name for p in tb.iterdir()) == ["first", "second"]
-    assert all(any(p.name.startswith("events.out.tfevents") for p in (tb / n).iterdir()) for n in ("first", "second"))
+    folders = {name: tb / f"{name}_{util.folder_digest(tmp_path / name)}" for name in ("first", "second")}
+    assert sorted(tb.iterdir()) == sorted(folders.values())
+    assert all(any(p.name.startswith("events.out.tfevents") for p in folder.iterdir()) for folder in folders.values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,7 +153,8 @@ def test_runs_differing_in_seed_or_exclusion_keep_their_own_folders(pool: Path, 
     for folder in folders:
         assert torch.load(folder / "last.pth", weights_only=True)["epoch"] == 1
         assert len((folder / "log.jsonl").read_text().splitlines()) == 1
-        assert len(list((tmp_path / "tb" / folder.name).glob("events.out.tfevents.*"))) == 1
+        tb_folder = tmp_path / "tb" / f"{folder.name}_{util.folder_digest(folder)}"
+        assert len(list(tb_folder.glob("events.out.tfevents.*"))) == 1
     seed0 = torch.load(folders[0] / "last.pth", weights_only=True)["model"]
     seed1 = torch.load(folders[1] / "last.pth", weights_only=True)["model"]
     assert not all(torch.equal(seed0[k], seed1[k]) for k in seed0)
@@ -163,11 +165,11 @@ def test_a_folder_of_other_settings_or_finished_checkpoints_is_refused(pool: Pat
     folder = pretrain.main(base)
     before = (folder / "last.pth").read_bytes()
     line = fails(pretrain.main, [*base, "--nce_t", "0.2"], capsys)
-    assert "run.json: this run folder holds a run of other settings (--nce_t 0.07 there, 0.2 here)" in line
+    assert "run.json: this folder holds a run of other settings (--nce_t 0.07 there, 0.2 here)" in line
     line = fails(pretrain.main, base, capsys)
     assert "holds checkpoints of a run with these settings (last.pth); pass --resume" in line
     assert (folder / "last.pth").read_bytes() == before
     pretrain.main([*base, "--overwrite"])
-    assert "--overwrite: deleted" in capsys.readouterr().out
+    assert "--overwrite: removing 3 file(s) of the earlier run" in capsys.readouterr().out
     assert len((folder / "log.jsonl").read_text().splitlines()) == 1
-    assert len(list((tmp_path / "tb" / "mine").glob("events.out.tfevents.*"))) == 1
+    assert len(list((tmp_path / "tb" / f"mine_{util.folder_digest(folder)}").glob("events.out.tfevents.*"))) == 1

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import dataset
-import evaluation
+from evaluation import engine, metrics, runs
 from models import MODEL_NAMES, LinearModel, build_model
 from models.pretrained import load_encoder_spec
 from util import REPO_ROOT, UserError, run_cli
@@ -100,7 +100,7 @@ def cli_error(main, argv: list[str], capsys) -> str:
 
 
 def test_metrics_hand_computed() -> None:
-    m = evaluation.compute_metrics([0, 0, 1, 1], [0, 1, 1, 1], n_classes=2)
+    m = metrics.compute_metrics([0, 0, 1, 1], [0, 1, 1, 1], n_classes=2)
     assert m["acc"] == pytest.approx(0.75)
     assert m["uf1"] == pytest.approx((2 / 3 + 0.8) / 2)  # F1: class 0 = 2/3, class 1 = 0.8
     assert m["uar"] == pytest.approx((0.5 + 1.0) / 2)
@@ -110,14 +110,14 @@ def test_metrics_hand_computed() -> None:
 def test_metrics_absent_classes() -> None:
     # Classes 2 and 3 never occur in the truth: they do not enter UF1/UAR, but a prediction of
     # class 2 still costs class 0 its recall.
-    m = evaluation.compute_metrics([0, 0, 1, 1, 1], [0, 2, 1, 1, 0], n_classes=4)
+    m = metrics.compute_metrics([0, 0, 1, 1, 1], [0, 2, 1, 1, 0], n_classes=4)
     assert m["classes_present"] == [0, 1]
     assert m["acc"] == pytest.approx(3 / 5)
     assert m["uf1"] == pytest.approx((0.5 + 0.8) / 2)  # class 0: P 1/2, R 1/2; class 1: P 1, R 2/3
     assert m["uar"] == pytest.approx((1 / 2 + 2 / 3) / 2)
     assert m["confusion"] == [[1, 0, 1, 0], [1, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
     # A class present but never predicted counts with F1 = recall = 0.
-    m = evaluation.compute_metrics([0, 1, 2], [0, 0, 0], n_classes=3)
+    m = metrics.compute_metrics([0, 1, 2], [0, 0, 0], n_classes=3)
     assert m["uf1"] == pytest.approx((0.5 + 0 + 0) / 3)
     assert m["uar"] == pytest.approx(1 / 3)
 
@@ -125,17 +125,17 @@ def test_metrics_absent_classes() -> None:
 def test_losses() -> None:
     logits, target = torch.randn(6, 3), torch.tensor([0, 0, 0, 0, 1, 2])
     ce = torch.nn.functional.cross_entropy(logits, target)
-    assert evaluation.FocalLoss(gamma=0.0)(logits, target) == pytest.approx(ce.item(), rel=1e-5)
-    assert evaluation.FocalLoss(gamma=2.0)(logits, target) < ce
-    balanced = evaluation.make_criterion("balanced", target, n_classes=4)
+    assert engine.FocalLoss(gamma=0.0)(logits, target) == pytest.approx(ce.item(), rel=1e-5)
+    assert engine.FocalLoss(gamma=2.0)(logits, target) < ce
+    balanced = engine.make_criterion("balanced", target, n_classes=4)
     assert balanced.weight.tolist() == pytest.approx([6 / (3 * 4), 6 / 3, 6 / 3, 0.0])
 
 
 def test_schedule_is_per_epoch() -> None:
-    args = argparse.Namespace(lr_schedule="step", lr_decay_epochs=[2, 4], lr_decay_rate=0.1, epochs=6)
-    assert [evaluation.lr_factor(e, args) for e in range(6)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    args = argparse.Namespace(lr_schedule="step", lr_decay_epochs=[2, 4], lr_decay_rate=0.1)
+    assert [engine.lr_factor(e, 6, args) for e in range(6)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
     args.lr_schedule = "cosine"
-    assert evaluation.lr_factor(0, args) == 1.0 and evaluation.lr_factor(3, args) == pytest.approx(0.5)
+    assert engine.lr_factor(0, 6, args) == 1.0 and engine.lr_factor(3, 6, args) == pytest.approx(0.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,8 +175,8 @@ def test_frozen_classifier_trains_head_only() -> None:
     extractor = LinearModel.FeatureExtractor(encoder, 5)
     model = LinearModel.Classifier(torch.nn.Linear(extractor.out_dim(64), 3), extractor, frozen=True)
     args = argparse.Namespace(learning_rate=0.1, encoder_lr_mult=1.0, optimizer="sgd", momentum=0.9,
-                              weight_decay=1e-4)
-    optimizer = evaluation.make_optimizer(model, args)
+                              weight_decay=1e-4, lossfunction="crossentropy", focal_gamma=2.0, amp=False)
+    optimizer = engine.set_optimizer(args, model, FakeInputs(torch.zeros(0)), 3, 2).optimizer
     assert len(optimizer.param_groups) == 1
     head_before = model.head.weight.clone()
     model.train()
@@ -187,11 +187,22 @@ def test_frozen_classifier_trains_head_only() -> None:
         loss.backward()
         optimizer.step()
     assert not torch.equal(model.head.weight, head_before)
-    evaluation.assert_unchanged(encoder, before, "test")  # BN running statistics included
+    engine.assert_unchanged(encoder, before, "test")  # BN running statistics included
     with torch.no_grad():
         encoder.rgb_to_d.conv_block_1[0].weight.add_(1.0)
     with pytest.raises(RuntimeError, match="frozen encoder changed"):
-        evaluation.assert_unchanged(encoder, before, "test")
+        engine.assert_unchanged(encoder, before, "test")
+
+
+class FakeInputs:
+    """A unit's inputs without a store: `train` (N, ...) served in batches of `batch_size`."""
+
+    def __init__(self, train: torch.Tensor, batch_size: int = 4) -> None:
+        self.train, self.batch_size, self.device = train, batch_size, torch.device("cpu")
+        self.train_labels = torch.zeros(len(train), dtype=torch.long)
+
+    def plain(self, which: str):
+        return iter(self.train.split(self.batch_size))
 
 
 def test_batch_norm_statistics_are_reestimated_on_the_training_set() -> None:
@@ -204,10 +215,8 @@ def test_batch_norm_statistics_are_reestimated_on_the_training_set() -> None:
         for _ in range(20):  # 20 steps of momentum 0.1 keep 0.9 ** 20 = 12 % of the start at variance 1
             model(features)
     assert head[0].running_var.min() > 0.1
-    args = argparse.Namespace(batch_size=40, amp=False, opt_level="O2")
-    data = argparse.Namespace(device=torch.device("cpu"))
-    evaluation.reestimate_batch_norm(args, model, lambda index, train, generator: features[index], data,
-                                     torch.arange(40))
+    args = argparse.Namespace(bn_stats="training_set", amp=False, opt_level="O2")
+    engine.reestimate_batch_norm(args, model, FakeInputs(features, batch_size=40))
     assert torch.allclose(head[0].running_mean, features.mean(0), atol=1e-6)
     assert torch.allclose(head[0].running_var, features.var(0), rtol=1e-4)
     assert head[0].momentum == 0.1 and not model.training
@@ -221,12 +230,11 @@ def test_batch_norm_reestimation_leaves_a_frozen_encoder_alone(frozen: bool) -> 
     extractor = LinearModel.FeatureExtractor(encoder, 5)
     model = LinearModel.Classifier(LinearModel.make_head(extractor.out_dim(64), 3, True), extractor, frozen=frozen)
     images = torch.randn(6, 4, 64, 64)
-    args = argparse.Namespace(batch_size=3, amp=False, opt_level="O2")
-    evaluation.reestimate_batch_norm(args, model, lambda index, train, generator: images[index],
-                                     argparse.Namespace(device=torch.device("cpu")), torch.arange(6))
+    args = argparse.Namespace(bn_stats="training_set", amp=False, opt_level="O2")
+    engine.reestimate_batch_norm(args, model, FakeInputs(images, batch_size=3))
     assert model.head[0].num_batches_tracked.item() == 2
     if frozen:
-        evaluation.assert_unchanged(encoder, before, "test")
+        engine.assert_unchanged(encoder, before, "test")
     else:
         norm = encoder.rgb_to_d.conv_block_1[1]
         assert norm.num_batches_tracked.item() == 2 and not torch.equal(norm.running_var, before[
@@ -364,7 +372,9 @@ def test_fresh_head_and_optimizer_per_unit(synthetic_data: Path, tmp_path: Path)
     protocol = linear_probe.kfold_protocol(args)
     for order, units in (("all", protocol.units), ("last", protocol.units[-1:])):
         args.save_path = str(tmp_path / order)
-        evaluation.run_protocol(args, spec, evaluation.Protocol(**{**vars(protocol), "units": units}))
+        with engine.EvaluationRun(args, spec, engine.Protocol(**{**vars(protocol), "units": units})) as run:
+            for seed, fold in run.units():
+                run.save(seed, fold, *linear_probe.probe(args, run, seed, fold))
     last = protocol.units[-1].name
     alone = unit_records(run_folder(tmp_path / "last"))
     after_others = unit_records(run_folder(tmp_path / "all"))
@@ -391,18 +401,18 @@ def test_loso_finetune_split_and_resume(synthetic_data: Path, tmp_path: Path, mo
     # Killed in the third subject, then the same command again.
     killed = tmp_path / "killed"
     calls = {"n": 0}
-    real_train_unit = evaluation.train_unit
+    real_fine_tune = finetune.fine_tune
 
-    def dying_train_unit(*args):
+    def dying_fine_tune(*args):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real_train_unit(*args)
+        return real_fine_tune(*args)
 
-    monkeypatch.setattr(evaluation, "train_unit", dying_train_unit)
+    monkeypatch.setattr(finetune, "fine_tune", dying_fine_tune)
     with pytest.raises(KeyboardInterrupt):
         finetune.main(loso_args(synthetic_data, killed))
-    monkeypatch.setattr(evaluation, "train_unit", real_train_unit)
+    monkeypatch.setattr(finetune, "fine_tune", real_fine_tune)
     assert len(unit_records(run_folder(killed))) == 2
     assert metrics_of(finetune.main(loso_args(synthetic_data, killed))) == metrics_of(single)
 
@@ -424,21 +434,21 @@ def test_shard_assignment(monkeypatch) -> None:
     and puts the process on cuda:<local rank> modulo the visible GPUs."""
     units = [f"spNO{i}" for i in range(1, 12)]
     for count in (1, 2, 3, 5, 11, 13):
-        shares = [evaluation.shard_of(units, evaluation.Shard(index, count)) for index in range(count)]
+        shares = [runs.shard_of(units, runs.Shard(index, count)) for index in range(count)]
         assert sum(map(len, shares)) == len(set().union(*shares)) == len(units)
-    assert evaluation.shard_of(units, evaluation.Shard(1, 3)) == ["spNO2", "spNO5", "spNO8", "spNO11"]
-    assert evaluation.shard_of(units, None) == units
+    assert runs.shard_of(units, runs.Shard(1, 3)) == ["spNO2", "spNO5", "spNO8", "spNO11"]
+    assert runs.shard_of(units, None) == units
 
-    def resolved(text: str, **env: str) -> evaluation.Shard | None:
-        for names in evaluation.SHARD_ENVIRONMENTS:
+    def resolved(text: str, **env: str) -> runs.Shard | None:
+        for names in runs.SHARD_ENVIRONMENTS:
             for name in names:
                 monkeypatch.delenv(name, raising=False)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        return evaluation.parse_shard(text)
+        return runs.parse_shard(text)
 
-    def device(shard: evaluation.Shard | None, flag: str = "auto") -> str:
-        return str(evaluation.eval_device(argparse.Namespace(shard=shard, device=flag)))
+    def device(shard: runs.Shard | None, flag: str = "auto") -> str:
+        return str(runs.eval_device(argparse.Namespace(shard=shard, device=flag)))
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolved("") is None
@@ -506,8 +516,8 @@ def test_frozen_loso_keeps_encoder(synthetic_data: Path, tmp_path: Path, monkeyp
     argv = loso_args(synthetic_data, tmp_path / "aug", "--freeze_encoder", "--augment", "--subjects", subject)
     argv[argv.index("--model_path") + 1] = str(path)
     checked = []
-    real_check = evaluation.assert_unchanged
-    monkeypatch.setattr(evaluation, "assert_unchanged", lambda *a: (checked.append(a[2]), real_check(*a)))
+    real_check = engine.assert_unchanged
+    monkeypatch.setattr(engine, "assert_unchanged", lambda *a: (checked.append(a[2]), real_check(*a)))
     finetune.main(argv)
     finetune.main([a if a != "--augment" else "--no_augment" for a in argv])
     assert checked == [f"unit {subject}", "feature extraction"]
@@ -522,7 +532,7 @@ def test_features_once_equal_per_epoch_extraction(synthetic_data: Path, tmp_path
     save_checkpoint(path, "alexnet", published=False)
     argv = loso_args(synthetic_data, tmp_path, "--freeze_encoder", "--epochs", "3", "--model_path", str(path))
     finetune.main([*argv, "--run_name", "once"])
-    monkeypatch.setattr(evaluation, "uses_cached_features", lambda args: False)
+    monkeypatch.setattr(engine, "uses_cached_features", lambda args: False)
     finetune.main([*argv, "--run_name", "every_epoch"])
     once, every_epoch = unit_records(tmp_path / "once"), unit_records(tmp_path / "every_epoch")
     assert "extracted" in (tmp_path / "once" / "log.txt").read_text()
@@ -600,10 +610,10 @@ def test_entry_scripts_from_any_directory(synthetic_data: Path, tmp_path: Path) 
 def test_cosine_loss_is_one_minus_the_cosine_with_the_one_hot_label() -> None:
     logits = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, -2.0]])
     target = torch.tensor([1, 2])
-    loss = evaluation.make_criterion("cosine", target, n_classes=3)(logits, target)
+    loss = engine.make_criterion("cosine", target, n_classes=3)(logits, target)
     assert loss.item() == pytest.approx(((1 - 4 / 5) + (1 - (-1))) / 2)
     perfect = torch.tensor([[0.0, 7.0, 0.0]])
-    assert evaluation.CosineLoss()(perfect, torch.tensor([1])).item() == pytest.approx(0.0)
+    assert engine.CosineLoss()(perfect, torch.tensor([1])).item() == pytest.approx(0.0)
 
 
 def test_attention_head_shapes_and_gradients() -> None:
@@ -640,32 +650,17 @@ def test_attention_is_refused_where_it_cannot_apply(synthetic_data: Path, tmp_pa
 
 def test_lp_ft_trains_the_head_alone_first(synthetic_data: Path, tmp_path: Path, monkeypatch) -> None:
     phases = []
-    real_fit = evaluation.fit
+    real_set_optimizer = engine.set_optimizer
 
-    def recording_fit(args, model, *rest, **kwargs):
+    def recording_set_optimizer(args, model, inputs, n_classes, epochs):
         encoder = model.extractor.encoder
-        before = {k: v.clone() for k, v in encoder.state_dict().items()}
-        history = real_fit(args, model, *rest, **kwargs)
-        changed = any(not torch.equal(v, encoder.state_dict()[k]) for k, v in before.items())
-        phases.append((model.frozen, args.epochs, changed))
-        return history
+        phases.append((model.frozen, epochs, {k: v.clone() for k, v in encoder.state_dict().items()}))
+        return real_set_optimizer(args, model, inputs, n_classes, epochs)
 
-    monkeypatch.setattr(evaluation, "fit", recording_fit)
+    monkeypatch.setattr(engine, "set_optimizer", recording_set_optimizer)
     finetune.main(loso_args(synthetic_data, tmp_path, "--lp_epochs", "2", "--subjects", "spNO59"))
-    assert phases == [(True, 2, False), (False, 1, True)]
+    assert [(frozen, epochs) for frozen, epochs, _ in phases] == [(True, 2), (False, 1)]
+    after_head_phase = phases[1][2]
+    assert all(torch.equal(v, after_head_phase[k]) for k, v in phases[0][2].items())  # the encoder waited
     (record,) = unit_records(run_folder(tmp_path)).values()
     assert [epoch["epoch"] for epoch in record["history"]] == [1, 2, 3]
-
-
-def test_a_run_folder_from_before_a_setting_existed_matches_its_old_behaviour(synthetic_data: Path,
-                                                                              tmp_path: Path) -> None:
-    finetune.main(loso_args(synthetic_data, tmp_path, "--subjects", "spNO59", "--bn_stats", "running"))
-    run_json = run_folder(tmp_path) / "run.json"
-    record = json.loads(run_json.read_text())
-    for key in evaluation.SETTINGS_BEFORE_RECORDED:
-        del record["config"][key]
-    run_json.write_text(json.dumps(record))
-    again = loso_args(synthetic_data, tmp_path, "--subjects", "spNO59", "--run_name", run_json.parent.name)
-    finetune.main([*again, "--bn_stats", "running"])  # the old behaviour: resumes
-    with pytest.raises(UserError, match=r"holds results of other settings \(bn_stats\)"):
-        finetune.main(again)

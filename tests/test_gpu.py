@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import dataset
-import evaluation
+from models.LinearModel import Classifier
 import util
 from models import build_model
 from NCE import ContrastMemory, NCECriterion, NCESoftmaxLoss
@@ -452,7 +452,7 @@ def test_device_past_the_last_gpu_is_a_one_line_error(synthetic_data: Path, tmp_
 def _child_devices(out: Path, data: Path, device: str) -> None:
     """Child: one pre-training epoch and one LOSO subject on `device`; records where things live."""
     seen: dict = {}
-    train, forward = pretrain.train, evaluation.Classifier.forward
+    train, forward = pretrain.train, Classifier.forward
 
     def recording(epoch, store, transform, model, contrast, criterion, optimizer, scaler, args, dev):
         def watched(rgb: Tensor, depth: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -467,14 +467,14 @@ def _child_devices(out: Path, data: Path, device: str) -> None:
                     uuid=str(torch.cuda.get_device_properties(next(bare.parameters()).device).uuid))
         return stats
 
-    def forward_recording(self: evaluation.Classifier, x: Tensor) -> Tensor:
+    def forward_recording(self: Classifier, x: Tensor) -> Tensor:
         if self.training:
             seen.setdefault("eval_params", bare_devices(self))
             seen.setdefault("eval_input", [str(x.device)])
         return forward(self, x)
 
     pretrain.train = recording
-    evaluation.Classifier.forward = forward_recording
+    Classifier.forward = forward_recording
     pretrain.main(pretrain_args(data, out, "--epochs", "1", "--device", device))
     subject = (data / "data" / "v_rgb" / "subName.txt").read_text().split()[0]
     finetune.main(["--data_folder", str(data), "--model_path", "none", "--image_size", "64", "--epochs", "1",

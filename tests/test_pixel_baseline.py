@@ -11,6 +11,7 @@ import pytest
 
 import dataset
 from scripts import pixel_baseline
+from scripts.datatools.common.format import write_png
 from util import REPO_ROOT, UserError
 
 
@@ -30,8 +31,8 @@ def test_labels_written_into_the_pixels_are_found(synthetic_data: Path, tmp_path
         rgb = rng.integers(100, 156, size=(64, 64, 3), dtype=np.uint8)
         row, col = divmod(sample.label, 2)
         rgb[row * 32:(row + 1) * 32, col * 32:(col + 1) * 32] = 250
-        dataset.write_png(sample.rgb_path, rgb)
-        dataset.write_png(sample.depth_path, rng.integers(0, 65535, size=(64, 64), dtype=np.uint16))
+        write_png(sample.rgb_path, rgb)
+        write_png(sample.depth_path, rng.integers(0, 65535, size=(64, 64), dtype=np.uint16))
     pixel_baseline.main(["--data_folder", str(root), "--size", "8", "--C", "0.1", "1"])
     lines = capsys.readouterr().out.splitlines()
     counts = np.bincount([s.label for s in samples]).tolist()
@@ -48,14 +49,17 @@ def test_rgb_only_view_uses_three_channels(synthetic_data: Path, capsys: pytest.
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--C", "0"], "error: --C 0: every value must be positive"),
-    (["--size", "0"], "error: --size 0: must be positive"),
+    (["--C", "0.1", "0"], "pixel_baseline.py: error: argument --C: 0: must be a number > 0 (see pixel_baseline.py "
+                          "--help)"),
+    (["--size", "0"], "pixel_baseline.py: error: argument --size: 0: must be a whole number > 0 (see pixel_baseline.py "
+                      "--help)"),
+    (["--size", "100000"], "error: --size 100000: larger than the images (64x64 px, e.g. {first}); use at most 64"),
 ])
 def test_bad_flags_are_one_line(synthetic_data: Path, flags: list[str], message: str) -> None:
     result = subprocess.run([sys.executable, "scripts/pixel_baseline.py", "--data_folder", str(synthetic_data), *flags],
                             cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.strip() == message
+    assert result.stderr.splitlines() == [message.format(first=_labeled(synthetic_data)[0].rgb_path)]
 
 
 def test_missing_lists_name_the_folder(tmp_path: Path) -> None:

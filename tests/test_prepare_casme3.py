@@ -20,8 +20,9 @@ import util
 from scripts import prepare_casme3 as cli
 from scripts.datatools import fake_release as fake
 from scripts.datatools.casme3 import annotations
-from scripts.datatools.casme3 import images as ci
 from scripts.datatools.casme3.pool import pool_pairs
+from test_bad_input import fails
+from test_datatools_common import corrupt_middle
 
 REPO = Path(__file__).resolve().parent.parent
 GAP, STRIDE = 6, 3
@@ -58,34 +59,6 @@ def prepared(release: fake.FakeRelease, tmp_path_factory: pytest.TempPathFactory
 
 # ---------------------------------------------------------------------------------------------
 # Units
-
-
-def test_encoding_is_signed_around_mid_grey_and_saturates() -> None:
-    diff = np.array([-200.0, -3.0, -0.2, 0.0, 3.0, 200.0])
-    assert dataset.encode_difference(diff, 2.0).tolist() == [0, 122, 128, 128, 134, 255]
-    assert dataset.encode_difference(diff, 1.0).dtype == np.uint8
-    first = np.array([[500, 0, 510, 700]], np.uint16)
-    second = np.array([[496, 480, 0, 702]], np.uint16)
-    assert ci.depth_difference(first, second).tolist() == [[-4.0, 0.0, 0.0, 2.0]]
-    assert dataset.encode_difference(ci.depth_difference(first, second), 16.0).tolist() == [[64, 128, 128, 160]]
-
-
-def test_gray_encoding_is_the_luma_difference_with_the_rgb_gain() -> None:
-    diff = np.array([[[10.0, 0.0, 0.0], [0.0, 10.0, 0.0], [0.0, 0.0, 10.0], [-100.0, -100.0, -100.0],
-                      [100.0, 100.0, 100.0], [3.0, 3.0, 3.0]]])  # R, G, B
-    # 128 + 2 * luma: 133.98, 139.74, 130.28, saturated low and high, 134 (weights sum to one)
-    gray = dataset.encode_gray_difference(diff)
-    assert gray.dtype == np.uint8 and gray.tolist() == [[134, 140, 130, 0, 255, 134]]
-    assert dataset.encode_gray_difference(diff, 1.0).tolist() == [[131, 134, 129, 28, 228, 131]]
-
-
-def test_boxes() -> None:
-    assert ci.square_box((10, 20, 30, 40), 0.25, 100, 80) == (0, 10, 60, 60)
-    assert ci.square_box((0, 0, 200, 100), 0.0, 100, 80) == (20, 0, 80, 80)
-    assert ci.clip_box((-5, -5, 20, 20), 10, 10) == (0, 0, 10, 10)
-    assert ci.clip_box((20, 20, 5, 5), 10, 10) is None
-    assert ci.scale_box((10, 10, 20, 20), (100, 100), (50, 200)) == (5, 20, 10, 40)
-    assert ci.detect_face(np.full((64, 80), 128, np.uint8)) is None
 
 
 def test_names_and_pairs() -> None:
@@ -250,56 +223,76 @@ def test_calibration_and_filtering(prepared: tuple[Path, dict]) -> None:
     assert float(r2["au"]) == pytest.approx(0.05 * 4)
 
 
-def test_rerun_reuses_outputs_and_refuses_other_settings(prepared: tuple[Path, dict],
-                                                         release: fake.FakeRelease) -> None:
+def flip_crc(path: Path) -> None:
+    """Damage the CRC of a PNG's first IDAT chunk (its pixels still decode)."""
+    data = bytearray(path.read_bytes())
+    idat = data.index(b"IDAT")
+    data[idat + 4 + int.from_bytes(data[idat - 4:idat], "big")] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_rerun_reuses_whole_outputs_remakes_damaged_ones_and_refuses_other_image_settings(
+        prepared: tuple[Path, dict], release: fake.FakeRelease, capsys: pytest.CaptureFixture) -> None:
+    """A re-run reuses every pair whose images are whole PNGs; one missing, cut short or with a bad
+    CRC is made again from its frames. Another image setting is refused; another threshold is not."""
     out, first = prepared
     image = out / "casme3_pool" / "rgb" / "spNO.1" / "spNO.1-a-31-spNO.1-a-25_diff.png"
     stamp = image.stat().st_mtime_ns
-    (out / "casme3_diff_me4" / "casme3_diff_depth_all" / "negative" / f"{R2_KEY}_depth.png").unlink()
+    labeled = out / "casme3_diff_me4"
+    (labeled / "casme3_diff_depth_all" / "negative" / f"{R2_KEY}_depth.png").unlink()
+    cut = next((labeled / "casme3_diff_gray_all" / "surprise").iterdir())
+    cut.write_bytes(cut.read_bytes()[:-40])
+    flip_crc(bad_crc := next((labeled / "casme3_diff_imgs_all" / "positive").iterdir()))
     again = cli.main(full_argv(release, out))
-    assert (again["labeled"]["written"], again["labeled"]["reused"]) == (1, 7)
+    assert (again["labeled"]["written"], again["labeled"]["reused"]) == (3, 5)
     assert (again["pool"]["written"], again["pool"]["reused"]) == (0, first["pool"]["kept"])
     assert again["pool"]["dropped"] == first["pool"]["dropped"]
     assert image.stat().st_mtime_ns == stamp
-    with pytest.raises(util.UserError, match=r"image_size 0 -> 32.*--overwrite"):
-        cli.main(full_argv(release, out)[:-3] + ["--image_size", "32", "--calibrate"])
+    for path in (cut, bad_crc):
+        with Image.open(path) as whole:
+            whole.verify()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    line = fails(cli.main, full_argv(release, out)[:-3] + ["--image_size", "32", "--calibrate"], capsys)
+    assert line == (f"error: {out / 'run.json'}: this folder holds a run of other settings (--image_size 0 there, "
+                    f"32 here); pass another folder, or --overwrite to replace it")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    given = cli.main([*full_argv(release, out)[:-1], "--intensity_threshold", "0"])  # the lists' settings may change
+    assert (given["labeled"]["reused"], given["pool"]["kept"], given["pool"]["written"]) == \
+        (8, first["pool"]["pairs"], first["pool"]["dropped"])
+    assert util.read_record(out).settings["intensity_threshold"] == 0
 
 
-def test_truncated_frames_and_outputs_are_not_used(release: fake.FakeRelease, tmp_path: Path,
-                                                   capfd: pytest.CaptureFixture) -> None:
-    """A source JPEG cut short is reported and its ME left out (OpenCV alone would only warn and
-    return a grey-filled frame); a cut-short output PNG is written again on a re-run, not reused."""
+def test_damaged_source_frames_are_reported_and_left_out(release: fake.FakeRelease, tmp_path: Path,
+                                                         capfd: pytest.CaptureFixture) -> None:
+    """A source JPEG cut short, one with corrupt data inside (its end marker kept) and a 0-byte one
+    are reported and their MEs left out: OpenCV alone would only warn and decode them, or fail."""
     root = Path(shutil.copytree(release.root, tmp_path / "partA"))
     out = tmp_path / "out"
     argv = ["--root", str(root), "--annotation", str(release.annotation), "--out", str(out), "--crop", "none",
             "--image_size", "32", "--pool", "none"]
     first = cli.main(argv)
     assert (first["labeled"]["written"], first["labeled"]["reused"]) == (8, 0)
-    apex = root / "RGB" / "spNO.1" / "a" / "color" / "9.jpg"  # row 2: onset 5, apex 9
-    apex.write_bytes(apex.read_bytes()[: apex.stat().st_size // 2])
-    rows = [line.split()[0] for line in (out / "data" / "v_rgb" / "spNO3_test.txt").read_text().splitlines()]
-    output = out / rows[0]
-    output.write_bytes(output.read_bytes()[:-40])
-    # the grey view is covered too: a cut-short and a missing grey image are made again
-    gray_lists = [(out / "data" / "v_gray" / f"{s}_test.txt").read_text().splitlines() for s in ("spNO210", "spNO2")]
-    cut_gray, lost_gray = (out / lines[0].split()[0] for lines in gray_lists)
-    cut_gray.write_bytes(cut_gray.read_bytes()[:-40])
-    lost_gray.unlink()
+    color = root / "RGB"
+    cut, corrupt, empty = (color / "spNO.1" / "a" / "color" / "9.jpg", color / "spNO.3" / "a" / "color" / "14.jpg",
+                           color / "spNO210" / "a" / "color" / "6.jpg")  # rows 2 (apex), 8 (apex), 10 (onset)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    corrupt.write_bytes(corrupt_middle(corrupt.read_bytes()))
+    empty.write_bytes(b"")
     capfd.readouterr()
     again = cli.main(argv)
-    assert (again["labeled"]["samples"], again["labeled"]["written"], again["labeled"]["reused"]) == (7, 3, 4)
-    for path in (cut_gray, lost_gray):
-        with Image.open(path) as image:
-            image.load()
-    (item,) = [i for i in again["items"] if i["kind"] == "truncated_frame"]
-    assert item["category"] == "skipped" and item["source"].endswith(" 2")
-    assert item["detail"] == f"RGB frame {apex} is truncated (no JPEG end marker FFD9)"
-    assert "Premature end of JPEG" not in capfd.readouterr().err
-    assert R2_KEY not in "".join(p.read_text() for p in (out / "data").glob("v_*/*.txt"))
-    with Image.open(output) as image:
-        image.load()
-    assert ci.jpeg_problem(b"\xff\xd8", b"...\xff\xd9\0\0", "x") is None  # zero padding after the end marker
-    assert ci.jpeg_problem(b"\x89P", b"...", "x") is None  # not a JPEG: the decoder judges it
+    assert (again["labeled"]["samples"], again["labeled"]["written"], again["labeled"]["reused"]) == (5, 0, 5)
+    found = {(i["category"], i["kind"], i["source"].rsplit(" ", 1)[-1], i["detail"]) for i in again["items"]
+             if i["kind"].endswith("_frame") and i["kind"] != "missing_frame"}
+    assert found == {
+        ("skipped", "truncated_frame", "2", f"RGB frame {cut} is truncated (no JPEG end marker FFD9)"),
+        ("skipped", "corrupt_frame", "8", f"RGB frame {corrupt} is corrupt (libjpeg: Corrupt JPEG data: premature end "
+                                          f"of data segment)"),
+        ("skipped", "unreadable_frame", "10", f"RGB frame {empty} is empty (0 bytes)")}
+    assert "JPEG" not in capfd.readouterr().err
+    listed = "".join(p.read_text() for p in (out / "data").glob("v_*/*.txt"))
+    assert R2_KEY not in listed and "spNO.3-a-14-" not in listed and "spNO.210-a-10-" not in listed
+    text = (out / "prepare_report.txt").read_text()
+    assert "[corrupt_frame]" in text and "[unreadable_frame]" in text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,7 +323,8 @@ def test_bad_inputs_give_one_line_naming_the_problem(release: fake.FakeRelease, 
                                                      capsys: pytest.CaptureFixture) -> None:
     annotation = tmp_path / "label.csv"
     annotation.write_text("Subject,Filename,Onset,Apex,Offset\nspNO.1,a,5,9,13\n")
-    with pytest.raises(util.UserError, match=r"label.csv: no column 'emotion'"):
+    with pytest.raises(util.UserError, match=r"label.csv: no header row with the columns Subject, Filename, Onset, Apex, "
+                                             r"Offset, emotion in the first 40 rows \(closest: row 1, without 'emotion'\)"):
         cli.main(["--root", str(release.root), "--annotation", str(annotation), "--out", str(tmp_path / "o")])
     with pytest.raises(util.UserError, match=r"inside the input tree --root"):
         cli.main(prepare_argv(release, release.root / "prepared"))
@@ -346,7 +340,8 @@ def test_bad_inputs_give_one_line_naming_the_problem(release: fake.FakeRelease, 
 
 
 # ---------------------------------------------------------------------------------------------
-# End to end, as README.md "Reproducing on CAS(ME)^3": fake release -> prepare -> pre-train -> LOSO
+# End to end, as docs/casme3-preparation.md "Running it on the fake release": fake release -> prepare ->
+# pre-train -> LOSO
 
 
 def test_end_to_end_prepare_pretrain_loso(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,9 @@ import util
 from scripts import prepare_megc2019 as cli
 from scripts.datatools.megc2019 import databases as db
 from scripts.datatools.megc2019 import fake
+from scripts.datatools.common.sheets import read_sheet
 from scripts.datatools.megc2019.images import apex_image
-from scripts.datatools.megc2019.sheets import CASME2_COLUMNS, read_sheet
+from test_datatools_common import corrupt_middle
 
 REPO = Path(__file__).resolve().parent.parent
 COUNTS = {"smic": {"negative": 2, "positive": 2, "surprise": 1},
@@ -240,6 +242,29 @@ def test_anomalies_are_reported_and_left_out(prepared: tuple[Path, dict, str, st
     assert "left out (4):" in report and "[duplicate]" in report
 
 
+def test_damaged_frames_are_reported_and_their_clips_left_out(releases: fake.FakeReleases, tmp_path: Path,
+                                                               capfd: pytest.CaptureFixture) -> None:
+    """A frame with corrupt data inside (its JPEG end marker kept) and a 0-byte onset frame are
+    reported and their clips left out, with a warning and no decoder message."""
+    casme2, samm = (Path(shutil.copytree(root, tmp_path / root.name)) for root in (releases.casme2, releases.samm))
+    apex = casme2 / db.CASME2_FRAMES / "sub01" / "EP02_01f" / "img50.jpg"  # sheet row 2: onset 46, apex 50
+    onset = samm / "006" / "006_1_3" / "006_01200.jpg"  # sheet row 16: onset 1200
+    apex.write_bytes(corrupt_middle(apex.read_bytes()))
+    onset.write_bytes(b"")
+    capfd.readouterr()
+    summary = cli.main(["--casme2", str(casme2), "--samm", str(samm), "--out", str(tmp_path / "out"),
+                        "--image_size", "64", "--crop", "none"])
+    damaged = [(i["kind"], i["source"], i["detail"]) for i in summary["left_out"]
+               if i["kind"] in ("corrupt_frame", "unreadable_frame")]
+    assert damaged == [
+        ("corrupt_frame", f"{db.CASME2_SHEET} row 2", f"RGB frame {apex} is corrupt (libjpeg: Corrupt JPEG data: "
+                                                      f"premature end of data segment)"),
+        ("unreadable_frame", f"{db.SAMM_SHEET} row 16", f"RGB frame {onset} is empty (0 bytes)")]
+    assert summary["samples"] == 10 and "EP02_01f" not in (tmp_path / "out" / "megc2019_samples.csv").read_text()
+    err = capfd.readouterr().err  # the warning, and no decoder message
+    assert f"warning: {db.CASME2_SHEET} row 2: {damaged[0][2]}; left out\n" in err and err.count("JPEG") == 1
+
+
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, list[str]]:
     """Exit code and stderr lines of the script's entry point as `__main__` runs it."""
     with pytest.raises(SystemExit) as exit_info:
@@ -261,8 +286,9 @@ def test_corrupt_sheet_is_one_error_line(releases: fake.FakeReleases, tmp_path: 
     code, err = run_cli(["--casme2", str(releases.casme2), "--casme2_sheet", str(no_header),
                          "--out", str(tmp_path / "out")], capsys)
     assert code == 2
-    assert err == [f"error: {no_header}: no header row with the columns {', '.join(CASME2_COLUMNS)} in the first "
-                   f"40 rows of any sheet"]
+    assert err == [f"error: {no_header}: no header row with the columns {', '.join(db.CASME2_COLUMNS)} in the "
+                   f"first 40 rows (closest: row 1, without 'OnsetFrame', 'ApexFrame', 'OffsetFrame', "
+                   f"'Estimated Emotion')"]
     assert not (tmp_path / "out" / "data").exists()
 
 

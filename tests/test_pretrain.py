@@ -86,7 +86,7 @@ def test_cli_writes_safe_checkpoints_and_logs(pool: Path, tmp_path: Path):
     assert torch.load(run / "last.pth", weights_only=True)["epoch"] == 2
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2]
-    assert list((tmp_path / "tb" / run.name).glob("events.out.tfevents.*"))
+    assert list((tmp_path / "tb" / f"{run.name}_{util.folder_digest(run)}").glob("events.out.tfevents.*"))
 
 
 @pytest.mark.parametrize("interval, saved_after", [(0, [1, 2, 3, 4, 5]), (1e9, [None, 2, 2, 4, 5])])
@@ -110,14 +110,16 @@ def test_last_checkpoint_is_saved_every_interval_and_with_numbered_ones(tmp_path
         "ckpt_epoch_2.pth", "ckpt_epoch_4.pth", "ckpt_epoch_5.pth"]
 
 
-def test_resume_is_exact_and_flags_win(pool: Path, tmp_path: Path):
+def test_resume_is_exact_and_may_extend_the_epochs(pool: Path, tmp_path: Path):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     assert cli(*run_args(pool, straight, "--epochs", "3")).returncode == 0
     assert cli(*run_args(pool, stopped, "--epochs", "2")).returncode == 0
     [run] = (stopped / "models").iterdir()
     resumed = cli(*run_args(pool, stopped, "--epochs", "3", "--resume", str(run / "last.pth")))
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from" in resumed.stdout and "command-line values win for epochs (2 -> 3)" in resumed.stdout
+    assert "resumed from" in resumed.stdout and "training to epoch 3 (the run was set to 2)" in resumed.stdout
+    record = util.read_record(run)
+    assert record.complete and record.settings["epochs"] == 3
     a = torch.load(next((straight / "models").iterdir()) / "last.pth", weights_only=True)
     b = torch.load(run / "last.pth", weights_only=True)
     for key in a["model"]:
@@ -218,7 +220,7 @@ def test_non_finite_loss_stops_at_the_first_read_back_after_it(pool: Path, tmp_p
         pretrain.train(2, store, dataset.augment_from_args(args, True), model, contrast, criterion, optimizer,
                        torch.amp.GradScaler("cpu", enabled=False), args, torch.device("cpu"))
     message = str(raised.value)
-    assert "\n" not in message and f"non-finite loss (nan) at epoch 2 {steps}; the last good checkpoint" in message
+    assert message == f"non-finite loss (nan) at epoch 2 {steps}; no checkpoint of this run was saved yet"
     assert len(calls) == 2 * (2 if first_bad_step <= 2 else 3)
 
 
@@ -238,13 +240,13 @@ def test_resume_loads_a_loss_scale_only_where_both_scalers_work(pool: Path, tmp_
     from_cuda = saved_with(torch.amp.GradScaler("cpu", init_scale=8.0), "enabled.pth")
     assert torch.load(from_cpu, weights_only=True)["scaler"] == {}
     fresh = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    pretrain.resume(from_cpu, model, contrast, optimizer, fresh, args)
+    pretrain.restore(util.load_checkpoint(from_cpu), model, contrast, optimizer, fresh, args)
     assert fresh.is_enabled() and fresh.get_scale() == 2.0**16
     disabled = torch.amp.GradScaler("cpu", enabled=False)
-    pretrain.resume(from_cuda, model, contrast, optimizer, disabled, args)
+    pretrain.restore(util.load_checkpoint(from_cuda), model, contrast, optimizer, disabled, args)
     assert not disabled.is_enabled()
     enabled = torch.amp.GradScaler("cpu")
-    pretrain.resume(from_cuda, model, contrast, optimizer, enabled, args)
+    pretrain.restore(util.load_checkpoint(from_cuda), model, contrast, optimizer, enabled, args)
     assert enabled.get_scale() == 8.0
 
 

@@ -14,6 +14,8 @@ import torch
 import dataset
 import util
 from scripts import make_published_split as published
+from scripts.datatools.common.format import write_png
+from test_bad_input import fails
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
@@ -68,26 +70,44 @@ def test_three_views_share_one_key_order() -> None:
 @pytest.mark.skipif(not SPLIT_CSV.is_file(), reason="the split CSV is not on this machine")
 def test_lists_are_reproduced_from_the_csv(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert published.main(["--csv", str(SPLIT_CSV), "--check"]) == 0
-    stale = tmp_path / "v_depth" / "spNO999_train.txt"
-    stale.parent.mkdir()
-    stale.write_text("x 0 0\n")
-    assert published.main(["--csv", str(SPLIT_CSV), "--out", str(tmp_path)]) == 0
+    out = tmp_path / "lists"
+    assert published.main(["--csv", str(SPLIT_CSV), "--out", str(out)]) == 0
     assert "943 samples of 95 subjects" in capsys.readouterr().out
-    assert not stale.exists()
-    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    written = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and p.name != "run.json")
     shipped = sorted(p.relative_to(DATA) for p in DATA.rglob("*") if p.is_file() and p.suffix == ".txt")
     assert written == shipped
-    assert all((tmp_path / p).read_bytes() == (DATA / p).read_bytes() for p in written)
+    assert all((out / p).read_bytes() == (DATA / p).read_bytes() for p in written)
+    stale = out / "v_depth" / "spNO999_train.txt"  # a list of an earlier split, in a folder this tool wrote
+    stale.write_text("x 0 0\n")
+    assert published.main(["--csv", str(SPLIT_CSV), "--out", str(out), "--check"]) == 1
+    assert capsys.readouterr().out == f"not in the split: {stale}\n"
+    assert published.main(["--csv", str(SPLIT_CSV), "--out", str(out)]) == 0
+    assert not stale.exists() and "0 files written, 1 stale lists removed" in capsys.readouterr().out
 
 
-def test_bad_csv_is_one_error(tmp_path: Path) -> None:
+SPLIT_HEADER = "key,subject,label,dbtype,rgb,depth,gray\n"
+ROW = ("spNO.1-a-9-spNO.1-a-5,{subject},0,0,x/negative/spNO.1-a-9-spNO.1-a-5_diff.png,"
+       "y/negative/spNO.1-a-9-spNO.1-a-5_diff_depth.png,z/negative/spNO.1-a-9-spNO.1-a-5_diff_gray.png")
+
+
+@pytest.mark.parametrize("content, flags, message", [
+    (SPLIT_HEADER + ROW.format(subject="spNO2"), [],
+     "split.csv:2: the paths, key 'spNO.1-a-9-spNO.1-a-5' and subject 'spNO2' disagree"),
+    (SPLIT_HEADER + ROW.format(subject="spNO1") + "\n" + ROW.format(subject="spNO1").replace("a-5", "a-\xe9"), [],
+     "split.csv:3: byte 0xe9 is not UTF-8 (save the file as UTF-8)"),
+    (SPLIT_HEADER + "spNO.1-a-9-spNO.1-a-5,spNO1,0", [],
+     "split.csv:2: no dbtype, rgb, depth, gray (expected 7 cells: key,subject,label,dbtype,rgb,depth,gray)"),
+    ("key,subject,label", [], "split.csv: no header row with the columns key, subject, label, dbtype, rgb, depth, "
+                              "gray in the first 40 rows (closest: row 1, without 'dbtype', 'rgb', 'depth', 'gray')"),
+    (SPLIT_HEADER + ROW.format(subject="spNO1"), ["--check"], "out: list folder not found"),
+])
+def test_a_bad_csv_or_folder_is_one_error_line_and_nothing_is_written(
+        tmp_path: Path, content: str, flags: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
     bad = tmp_path / "split.csv"
-    bad.write_text("key,subject,label,dbtype,rgb,depth,gray\n"
-                   "spNO.1-a-9-spNO.1-a-5,spNO2,0,0,x/negative/spNO.1-a-9-spNO.1-a-5_diff.png,"
-                   "y/negative/spNO.1-a-9-spNO.1-a-5_diff_depth.png,z/negative/spNO.1-a-9-spNO.1-a-5_diff_gray.png\n")
-    with pytest.raises(util.UserError, match=r"split.csv:2: the paths, key .* and subject 'spNO2' disagree"):
-        published.main(["--csv", str(bad), "--out", str(tmp_path / "out")])
-    assert not (tmp_path / "out").exists()
+    bad.write_bytes(f"{content}\n".encode("latin-1"))
+    line = fails(published.main, ["--csv", str(bad), "--out", str(tmp_path / "out"), *flags], capsys)
+    assert line == f"error: {tmp_path / message}"
+    assert sorted(tmp_path.iterdir()) == [bad]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,7 +125,7 @@ def image_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
             for rel, label, _ in read_lines(DATA / view / f"{subject}_test.txt"):
                 shape = (8, 8, 3) if view == "v_rgb" else (8, 8)
                 image = np.clip(rng.normal(128 + 20 * label, 10, shape), 0, 255).astype(np.uint8)
-                dataset.write_png(root / rel, image)
+                write_png(root / rel, image)
     return root
 
 

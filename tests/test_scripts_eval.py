@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import dataset
+import util
 from util import REPO_ROOT
 
 
@@ -48,42 +51,72 @@ def test_results_table_pools_runs_as_mean_and_std(tmp_path: Path) -> None:
     assert row == ["DVSCL", "LOSO", "0.600 ± 0.141", "0.500 ± 0.141", "0.400 ± 0.141", "10", ""]
 
 
-def _compare(out: Path, datasets: str, python: str = "/bin/false", **settings: str) -> subprocess.Popen:
-    """compare.sh with a Python that fails at once: it gets as far as its first step (the data)."""
-    env = {**os.environ, "PYTHON": python, "DATASETS": datasets, **settings}
+def _stub_python(folder: Path) -> Path:
+    """A Python for compare.sh that runs its inline steps (the run record) but fails every script,
+    recording the last script's arguments in `folder`/args: compare.sh gets as far as its first step."""
+    stub = folder / "python"
+    folder.mkdir(parents=True, exist_ok=True)
+    stub.write_text(f'#!/bin/sh\ncase "$1" in -|-c) exec {sys.executable} "$@";; esac\n'
+                    f'echo "$@" > "{folder}/args"\nexit 1\n')
+    stub.chmod(0o755)
+    return stub
+
+
+def _compare(out: Path, datasets: str, python: Path | None = None, **settings: str) -> subprocess.Popen:
+    """compare.sh with a Python whose scripts fail at once (`_stub_python`)."""
+    python = python or _stub_python(out.parent / f"stub_{out.name}")
+    env = {**os.environ, "PYTHON": str(python), "DATASETS": datasets, **settings}
     return subprocess.Popen(["bash", str(REPO_ROOT / "scripts" / "compare.sh"), str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def test_compare_refuses_a_folder_of_other_settings_and_not_its_own(tmp_path: Path) -> None:
     """Comparisons of the same settings started together (one seed each) all pass the guard; another
-    setting is refused with one line naming settings.txt."""
-    for _ in range(10):
-        errors = [run.communicate(timeout=60)[1] for run in [_compare(tmp_path, "a=") for _ in range(4)]]
+    setting is refused with one line naming the run record."""
+    out = tmp_path / "out"
+    for _ in range(5):
+        errors = [run.communicate(timeout=120)[1] for run in [_compare(out, "a=") for _ in range(4)]]
         assert all("step 'a_data' failed" in error for error in errors), errors
-    assert (tmp_path / "settings.txt").read_text().startswith("datasets: a=\n")
-    assert not list(tmp_path.glob("settings.txt.*"))
-    other = _compare(tmp_path, "b=--regime realistic")
-    _, error = other.communicate(timeout=60)
+    assert util.read_record(out).settings["datasets"] == "a="
+    assert not [p for p in out.iterdir() if ".tmp." in p.name]
+    other = _compare(out, "b=--regime realistic")
+    _, error = other.communicate(timeout=120)
     assert other.returncode == 2
-    assert error == (f"error: {tmp_path}/settings.txt: this folder holds a comparison of other settings; "
-                     "pass another OUT_DIR\n")
+    assert error == (f"error: {out}/run.json: this folder holds a run of other settings (--datasets 'a=' there, "
+                     "'b=--regime realistic' here); pass another folder, or --overwrite to replace it\n")
 
 
 def test_compare_renders_the_data_at_nine_eighths_of_image_size(tmp_path: Path) -> None:
     """IMAGE_SIZE sets the network's input; the data are rendered larger by the demo's 72/64, and a
     dataset's own generator flags come after, so they can override it."""
-    stub = tmp_path / "python"
-    stub.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/args"\nexit 1\n')
-    stub.chmod(0o755)
-    run = _compare(tmp_path / "out", "a=--regime realistic", python=str(stub), IMAGE_SIZE="96")
-    run.communicate(timeout=60)
+    run = _compare(tmp_path / "out", "a=--regime realistic", IMAGE_SIZE="96")
+    run.communicate(timeout=120)
     assert run.returncode == 1
-    assert (tmp_path / "args").read_text().split()[-4:] == ["--image_size", "108", "--regime", "realistic"]
-    assert "image size: 96\n" in (tmp_path / "out" / "settings.txt").read_text()
+    assert (tmp_path / "stub_out" / "args").read_text().split()[-4:] == ["--image_size", "108", "--regime", "realistic"]
+    assert util.read_record(tmp_path / "out").settings["image_size"] == 96
 
-    bad = _compare(tmp_path / "bad", "a=", IMAGE_SIZE="96px")
-    _, error = bad.communicate(timeout=60)
-    assert bad.returncode == 2
-    assert error == "error: IMAGE_SIZE=96px: expected a whole number of pixels\n"
-    assert not (tmp_path / "bad").exists()
+
+@pytest.mark.parametrize("variables, message", [
+    ({"IMAGE_SIZE": "96px"}, "IMAGE_SIZE=96px: expected a whole number of pixels"),
+    ({"SEEDS": " "}, "SEEDS is empty: expected seeds such as '0 1 2'"),
+    ({"SEEDS": "0 x"}, "SEEDS: 'x' is not a seed (a whole number >= 0)"),
+    ({"PROTOCOLS": "bogus"}, "PROTOCOLS: 'bogus' is not one of: probe frozen finetune"),
+    ({"ENCODERS": "plain bogus"}, "ENCODERS: 'bogus' is not one of: random plain threshold"),
+    ({"DATASETS": ""}, "DATASETS is empty: expected NAME=GENERATOR FLAGS;..."),
+    ({"DATASETS": "a=;a=--regime realistic"}, "DATASETS: 'a' is named twice"),
+    ({"PRETRAIN_EPOCHS": "0"}, "PRETRAIN_EPOCHS=0: expected a whole number > 0"),
+])
+def test_compare_checks_its_variables_before_it_starts_anything(tmp_path: Path, variables: dict,
+                                                                message: str) -> None:
+    settings = {"DATASETS": "a=", **variables}
+    run = _compare(tmp_path / "out", settings.pop("DATASETS"), **settings)
+    _, error = run.communicate(timeout=60)
+    assert (run.returncode, error) == (2, f"error: {message}\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_refuses_an_out_dir_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "out").write_text("x")
+    run = _compare(tmp_path / "out", "a=")
+    _, error = run.communicate(timeout=60)
+    assert (run.returncode, error) == (2, f"error: {tmp_path / 'out'}: OUT_DIR is not a folder\n")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import util
 from dataset import DEFAULT_CLASS_NAMES
 from scripts.datatools.synthetic import generate as synthetic
 from scripts.datatools.synthetic.render import measure_intensity
@@ -263,23 +264,29 @@ def test_classes_are_learnable_across_subjects(tmp_path: Path) -> None:
     assert uar > 0.45, f"leave-one-subject-out UAR {uar:.3f} (chance 0.25)"
 
 
-def test_refuses_foreign_folder_and_regenerates_own(tmp_path: Path) -> None:
-    foreign = tmp_path / "foreign"
-    foreign.mkdir()
-    (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(synthetic.SyntheticError, match="not a synthetic"):
-        synthetic.generate_dataset(foreign, **TINY)
-    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+def test_the_run_record_holds_the_summary_and_regenerating_keeps_other_files(
+        data: tuple[Path, dict], tmp_path: Path) -> None:
+    root, summary = data
+    record = util.read_record(root)
+    assert (record.tool, record.complete) == ("make_synthetic_casme3.py", True)
+    assert record.details == {k: v for k, v in summary.items() if k != "seconds"}
+    assert {k: record.details["pool"][k] for k in ("intensity_threshold", "pairs", "kept")} == \
+        {k: summary["pool"][k] for k in ("intensity_threshold", "pairs", "kept")}
 
     own = tmp_path / "own"
     synthetic.generate_dataset(own, seed=0, **{**TINY, "n_subjects": 5})
     (own / "keep.txt").write_text("user file")
-    synthetic.generate_dataset(own, seed=0, **TINY)
+    with pytest.raises(util.UserError) as error:
+        synthetic.generate_dataset(own, seed=0, **TINY)
+    assert str(error.value) == (f"{own / 'run.json'}: this folder holds a run of other settings (--n_subjects 5 there, "
+                                f"3 here); pass another folder, or --overwrite to replace it")
+    synthetic.generate_dataset(own, seed=0, overwrite=True, **TINY)
     assert (own / "keep.txt").read_text() == "user file"
     assert len((own / "data/v_rgb/subName.txt").read_text().splitlines()) == 3
     assert len(list((own / "data/v_rgb").glob("*_test.txt"))) == 3
     with pytest.raises(synthetic.SyntheticError, match="n_subjects"):
         synthetic.generate_dataset(tmp_path / "bad", n_subjects=1)
+    assert not (tmp_path / "bad").exists()
 
 
 def run_script(args: list[str]) -> subprocess.CompletedProcess:
@@ -294,8 +301,7 @@ def test_cli_runs_from_repo_root(tmp_path: Path) -> None:
     done = run_script(args)
     assert done.returncode == 0, done.stderr
     assert "labeled: 6 samples, 2 subjects" in done.stdout
-    (tmp_path / "foreign").mkdir()
-    (tmp_path / "foreign" / "x").write_text("x")
-    refused = run_script(["--out", str(tmp_path / "foreign")])
-    assert refused.returncode == 2
-    assert refused.stderr.startswith("error: ") and len(refused.stderr.strip().splitlines()) == 1
+    refused = run_script([*args[:-1], "4"])
+    assert (refused.returncode, refused.stderr) == (2, f"error: {out / 'run.json'}: this folder holds a run of other "
+                                                       f"settings (--n_classes 3 there, 4 here); pass another folder, "
+                                                       f"or --overwrite to replace it\n")

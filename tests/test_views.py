@@ -2,7 +2,6 @@
 whose databases have no depth), in pre-training and both evaluation scripts."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -66,8 +65,8 @@ def test_rgb_gray_pretraining_and_loso(synthetic_data: Path, tmp_path: Path) -> 
                             "--tb_path", str(tmp_path / "tb"), "--view", "RGB_gray", "--epochs", "1",
                             "--image_size", "64", "--batch_size", "8", "--nce_k", "16", "--num_workers", "0"])
     assert "_view_RGB_gray_" in folder.name
-    ckpt_args = json.loads((folder / "run.json").read_text())
-    assert ckpt_args["view"] == "RGB_gray" and ckpt_args["depth_mean"] == pytest.approx(0.4471)
+    settings = util.read_record(folder).settings
+    assert settings["view"] == "RGB_gray" and settings["depth_mean"] == pytest.approx(0.4471)
     results = finetune.main(loso_args(data, tmp_path / "eval", "--model_path", str(folder / "last.pth"),
                                       "--view", "RGB_gray", "--freeze_encoder"))
     assert results["n_samples"] > 0 and "per_database" not in results

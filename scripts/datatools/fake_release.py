@@ -19,6 +19,9 @@ Anomalies: subject folders `spNo.2` and `spNO210`; subject 3's depth frames lie 
 video folders; an uppercase task letter 'J'; Apex == Onset; an annotation subject spelled 'spNo.3';
 a depth frame missing on disk; a duplicated row; a subject without folders; an unknown emotion; an
 empty Offset; several MEs in one video.
+
+The output folder is claimed through its run record (`util.claim_folder`, tool `TOOL`): a folder
+another tool wrote is refused; `overwrite` removes an earlier fake release's entries (`OWNS`) first.
 """
 from __future__ import annotations
 
@@ -30,7 +33,9 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-from dataset import file_subject, write_png
+import util
+from dataset import file_subject
+from scripts.datatools.common.format import write_png
 
 FRAME_W, FRAME_H = 80, 64
 N_FRAMES = 36
@@ -50,6 +55,8 @@ PART_B_VIDEOS = ("a",)
 AU_VIDEO = (1, "a")
 AU_FAILED_FRAME = 28
 ANNOTATION_NAME = "cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx"
+TOOL = "make_fake_casme3.py"
+OWNS = ("partA", "partB", ANNOTATION_NAME, "boxes.csv", "openface")  # what the release is made of
 COLUMNS = ("Subject", "Filename", "Onset", "Apex", "Offset", "AU", "Objective class", "emotion")
 # Subject, Filename, Onset, Apex, Offset, emotion (row i + 2 of the sheet)
 ME_ROWS = (
@@ -191,9 +198,13 @@ def _write_au_csv(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def build_fake_release(out: str | Path) -> FakeRelease:
-    """Write the fake release under `out` (created) and return its paths."""
+def build_fake_release(out: str | Path, overwrite: bool = False) -> FakeRelease:
+    """Write the fake release under `out` (created; refused when another tool wrote it) and return
+    its paths."""
     out = Path(out)
+    record = util.claim_folder(out, TOOL, {}, OWNS, overwrite)
+    record.complete = False
+    record.save()
     release = FakeRelease(out / "partA", out / "partB", out / ANNOTATION_NAME, out / "boxes.csv",
                           out / "openface")
     boxes = []
@@ -210,4 +221,5 @@ def build_fake_release(out: str | Path) -> FakeRelease:
         writer.writerow(("Subject", "Filename", "x", "y", "w", "h"))
         writer.writerows(boxes)
     _write_au_csv(release.au_dir / file_subject(AU_VIDEO[0]) / f"{AU_VIDEO[1]}.csv")
+    record.finish()
     return release

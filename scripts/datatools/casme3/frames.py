@@ -1,8 +1,6 @@
 """A CAS(ME)^3 release part on disk: subject and video folders, frame files, OpenFace AU tables."""
 from __future__ import annotations
 
-import csv
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +9,12 @@ import numpy as np
 
 from dataset import file_subject
 from scripts.datatools.casme3.annotations import parse_subject
-from scripts.datatools.casme3.report import Report
+from scripts.datatools.common.frames import frame_index
+from scripts.datatools.common.report import Report
+from scripts.datatools.common.sheets import column_key, filled, read_sheet
 from util import UserError
 
-_FRAME = re.compile(r"(\d+)$")
+_AU_COLUMN = re.compile(r"au\d+_r")
 
 
 @dataclass(frozen=True)
@@ -33,17 +33,6 @@ def _child_dir(folder: Path, name: str) -> Path:
         if child.is_dir() and child.name.lower() == name.lower():
             return child
     raise UserError(f"{exact}: folder not found")
-
-
-def _frame_index(folder: Path, suffix: str) -> dict[int, Path]:
-    """Files `<...><number><suffix>` in `folder` by number."""
-    frames = {}
-    for entry in os.scandir(folder):
-        if entry.is_file() and entry.name.lower().endswith(suffix):
-            match = _FRAME.search(entry.name[: -len(suffix)])
-            if match:
-                frames[int(match.group(1))] = Path(entry.path)
-    return frames
 
 
 class SourceTree:
@@ -107,7 +96,7 @@ class SourceTree:
                 self.report.count(f"no_inner_{inner}_folder", f"{video_dir}: no {inner}/ folder, frames "
                                                               f"read from the video folder")
             folders.append(frame_dir)
-        found = VideoFrames(_frame_index(folders[0], ".jpg"), _frame_index(folders[1], ".png"))
+        found = VideoFrames(frame_index(folders[0], (".jpg",)), frame_index(folders[1], (".png",)))
         self._frames[(n, video)] = found
         return found
 
@@ -127,28 +116,19 @@ class SourceTree:
 
 def read_au_csv(path: Path) -> dict[int, np.ndarray]:
     """OpenFace-style CSV: `frame` -> vector of the `AUxx_r` columns (rows with success 0 left out)."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = [h.strip() for h in next(reader, [])]
-        lower = [h.lower() for h in header]
-        if "frame" not in lower:
-            raise UserError(f"{path}: no column 'frame'")
-        au_columns = [i for i, h in enumerate(header) if re.fullmatch(r"AU\d+_r", h, re.IGNORECASE)]
-        if not au_columns:
-            raise UserError(f"{path}: no AUxx_r intensity columns")
-        frame_col = lower.index("frame")
-        success_col = lower.index("success") if "success" in lower else None
-        table = {}
-        for line_no, row in enumerate(reader, start=2):
-            if not row:
+    table = read_sheet(path, ("frame",))
+    au_columns = [key for key in map(column_key, table.headers) if _AU_COLUMN.fullmatch(key)]
+    if not au_columns:
+        raise UserError(f"{path}: no AUxx_r intensity columns")
+    rows = {}
+    for row_no, cells in table.rows:
+        try:
+            if filled(cells.get("success")) and float(cells["success"]) == 0:
                 continue
-            try:
-                if success_col is not None and float(row[success_col]) == 0:
-                    continue
-                table[int(float(row[frame_col]))] = np.array([float(row[i]) for i in au_columns])
-            except (ValueError, IndexError):
-                raise UserError(f"{path}:{line_no}: expected numbers in frame and AU columns") from None
-    return table
+            rows[int(float(cells["frame"]))] = np.array([float(cells[key]) for key in au_columns])
+        except (ValueError, TypeError):
+            raise UserError(f"{path}:{row_no}: expected numbers in frame and AU columns") from None
+    return rows
 
 
 class AuTables:

@@ -1,9 +1,10 @@
-"""Image side of the CAS(ME)^3 preparation: crop boxes, intensity measures, one pair's images.
+"""Image side of the CAS(ME)^3 preparation: intensity measures and one pair's images.
 
 `process_pair` is what the `--workers` processes run; the planning (annotation, folders, lists,
-reports) is in the other modules of `scripts.datatools.casme3`.
+reports) is in the other modules of `scripts.datatools.casme3`, the crop and the verified reading
+of frames in `scripts.datatools.common`.
 
-Every view is encoded by `dataset.encode_difference` (8-bit PNG, no wrap-around)::
+Every view is encoded by `common.format.encode_difference` (8-bit PNG, no wrap-around)::
 
     pixel = clip(round(128 + gain * (second - first)), 0, 255)
 
@@ -13,31 +14,21 @@ frame, both cropped with one shared box and resized to the output size before su
 separately), per raw depth unit for the 16-bit depth (a pixel with no measurement, 0, in either
 frame counts as no change). The grey view (`--view RGB_gray`) is the ITU-R 601 luma of the same
 cropped, resized RGB frames, differenced and encoded with the RGB gain
-(`dataset.encode_gray_difference`): one 8-bit channel.
+(`common.format.encode_gray_difference`): one 8-bit channel.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from dataset import encode_difference, encode_gray_difference, write_png
+from scripts.datatools.common.crop import Box, clip_box, crop_resize, face_box, output_size, scale_box, to_gray
+from scripts.datatools.common.format import encode_difference, encode_gray_difference, write_png
+from scripts.datatools.common.frames import FrameError, read_depth, read_rgb
 from scripts.datatools.registration import compensate, estimate_motion
 
 MEASURES = ("mad", "flow", "au")
-Box = tuple[int, int, int, int]  # x, y, width, height in pixels
-
-
-class FrameError(Exception):
-    """A frame that cannot be used (unreadable, truncated, wrong format); the pair is skipped and
-    reported as `kind`."""
-
-    def __init__(self, message: str, kind: str = "unreadable_frame") -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 def depth_difference(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -45,86 +36,6 @@ def depth_difference(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     valid = (first > 0) & (second > 0)
     diff = second.astype(np.float32) - first.astype(np.float32)
     return np.where(valid, diff, np.float32(0)).astype(np.float32)
-
-
-def clip_box(box: Box, width: int, height: int) -> Box | None:
-    """The part of `box` inside a `width` x `height` frame, or None when nothing is left."""
-    x, y, w, h = box
-    x0, y0 = max(0, x), max(0, y)
-    x1, y1 = min(width, x + w), min(height, y + h)
-    if x1 <= x0 or y1 <= y0:
-        return None
-    return x0, y0, x1 - x0, y1 - y0
-
-
-def square_box(box: Box, margin: float, width: int, height: int) -> Box:
-    """A square around `box`'s centre, side `max(w, h) * (1 + 2 * margin)`, moved inside the frame.
-
-    The side is capped at the frame's shorter edge.
-    """
-    x, y, w, h = box
-    side = min(max(w, h) * (1.0 + 2.0 * margin), width, height)
-    x0 = min(max(x + w / 2.0 - side / 2.0, 0.0), width - side)
-    y0 = min(max(y + h / 2.0 - side / 2.0, 0.0), height - side)
-    side_px = int(round(side))
-    return (min(int(round(x0)), width - side_px), min(int(round(y0)), height - side_px),
-            side_px, side_px)
-
-
-def scale_box(box: Box, from_size: tuple[int, int], to_size: tuple[int, int]) -> Box:
-    """Map `box` from a frame of (width, height) `from_size` to one of `to_size`."""
-    sx, sy = to_size[0] / from_size[0], to_size[1] / from_size[1]
-    x, y, w, h = box
-    return (int(round(x * sx)), int(round(y * sy)), max(1, int(round(w * sx))),
-            max(1, int(round(h * sy))))
-
-
-@lru_cache(maxsize=1)
-def face_detector() -> cv2.CascadeClassifier:
-    """OpenCV's bundled frontal-face Haar cascade (loaded once per process)."""
-    path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
-    detector = cv2.CascadeClassifier(str(path))
-    if detector.empty():
-        raise RuntimeError(f"{path}: OpenCV's face detector could not be loaded")
-    return detector
-
-
-def detect_face(gray: np.ndarray, max_side: int = 480) -> Box | None:
-    """The largest frontal face in a uint8 (H, W) image, or None.
-
-    Detection runs on a copy whose longer side is at most `max_side` pixels.
-    """
-    height, width = gray.shape
-    scale = min(1.0, max_side / max(height, width))
-    small = gray if scale == 1.0 else cv2.resize(gray, (round(width * scale), round(height * scale)),
-                                                 interpolation=cv2.INTER_AREA)
-    faces = face_detector().detectMultiScale(small, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
-    if len(faces) == 0:
-        return None
-    x, y, w, h = max(faces, key=lambda f: int(f[2]) * int(f[3]))
-    return (int(round(x / scale)), int(round(y / scale)), int(round(w / scale)),
-            int(round(h / scale)))
-
-
-def crop_resize(image: np.ndarray, box: Box, size: tuple[int, int] | None, nearest: bool = False) -> np.ndarray:
-    """Crop (H, W[, C]) `image` to `box` and resize to (width, height) `size` (None: keep), float32.
-
-    Area interpolation when shrinking, bilinear when enlarging, nearest neighbour with `nearest`.
-    Resizing is linear, so the resized difference of two crops equals the difference of the
-    resized crops.
-    """
-    x, y, w, h = box
-    crop = np.ascontiguousarray(image[y:y + h, x:x + w], dtype=np.float32)
-    if size is None or size == (w, h):
-        return crop
-    shrink = size[0] <= w and size[1] <= h
-    method = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    return cv2.resize(crop, size, interpolation=method)
-
-
-def to_gray(bgr: np.ndarray) -> np.ndarray:
-    """(H, W, 3) BGR float -> (H, W) luma float32 (ITU-R BT.601 weights)."""
-    return (bgr @ np.array([0.114, 0.587, 0.299], np.float32)).astype(np.float32)
 
 
 def mean_abs_difference(first: np.ndarray, second: np.ndarray) -> float:
@@ -206,61 +117,6 @@ class PairResult:
     notes: tuple[tuple[str, str], ...] = ()
 
 
-JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
-TAIL_BYTES = 4096  # the end marker is looked for in this many last bytes (after any zero padding)
-
-
-def jpeg_problem(head: bytes, tail: bytes, path: str) -> str | None:
-    """Why a file starting with `head` and ending with `tail` cannot be a whole JPEG frame, or None
-    (also None for a file that is not a JPEG: the decoder judges those).
-
-    A JPEG ends with the end-of-image marker FFD9, zero padding after it tolerated. OpenCV
-    decodes a truncated file anyway, only warning on stderr, and the missing part comes out grey,
-    which would make a plausible but false difference image.
-    """
-    if head.startswith(JPEG_START) and not tail.rstrip(b"\0").endswith(JPEG_END):
-        return f"RGB frame {path} is truncated (no JPEG end marker FFD9)"
-    return None
-
-
-def jpeg_file_problem(path: str) -> str | None:
-    """`jpeg_problem` of a file read from its ends only (cheap enough to check every reused pair)."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(2)
-            handle.seek(max(0, handle.seek(0, 2) - TAIL_BYTES))
-            tail = handle.read()
-    except OSError as err:
-        return f"cannot read RGB frame {path} ({err.strerror})"
-    return jpeg_problem(head, tail, path)
-
-
-def read_rgb(path: str) -> np.ndarray:
-    """(H, W, 3) uint8 BGR frame; FrameError when unreadable or a truncated JPEG."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise FrameError(f"cannot read RGB frame {path} ({err.strerror})") from None
-    problem = jpeg_problem(data[:2], data[-TAIL_BYTES:], path)
-    if problem:
-        raise FrameError(problem, "truncated_frame")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FrameError(f"cannot read RGB frame {path}")
-    return image
-
-
-def read_depth(path: str) -> np.ndarray:
-    """(H, W) uint16 (or uint8) raw depth frame."""
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise FrameError(f"cannot read depth frame {path}")
-    if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
-        raise FrameError(f"depth frame {path} is {image.dtype} with shape {image.shape}, "
-                         f"expected a single-channel 16-bit PNG")
-    return image
-
-
 def _crop_box(task: PairTask, rgb_first: np.ndarray, notes: list[tuple[str, str]]) -> Box | None:
     """The crop box in RGB pixels for this pair (None: the given box misses the frame)."""
     height, width = rgb_first.shape[:2]
@@ -268,10 +124,7 @@ def _crop_box(task: PairTask, rgb_first: np.ndarray, notes: list[tuple[str, str]
     if crop == "box":
         return clip_box(task.box, width, height)
     if crop == "face":
-        face = detect_face(cv2.cvtColor(rgb_first, cv2.COLOR_BGR2GRAY))
-        if face is not None:
-            return square_box(face, task.settings.crop_margin, width, height)
-        notes.append(("no_face", f"no face found in {task.rgb_first}: whole frame used"))
+        return face_box(rgb_first, task.settings.crop_margin, notes, task.rgb_first)
     return 0, 0, width, height
 
 
@@ -291,8 +144,7 @@ def process_pair(task: PairTask) -> PairResult:
     if box is None:
         return PairResult(task.key, "skipped", kind="box_outside_frame",
                           reason=f"crop box {task.box} lies outside the frame {task.rgb_first}")
-    side = task.settings.image_size
-    size = (side, side) if side else None
+    size = output_size(task.settings.image_size)
     first, second = crop_resize(rgb_first, box, size), crop_resize(rgb_second, box, size)
     motion = estimate_motion(to_gray(first), to_gray(second)) if task.settings.motion_compensation else None
     if motion is not None:
@@ -326,8 +178,3 @@ def process_pair(task: PairTask) -> PairResult:
     write_png(task.depth_out, encode_difference(depth_diff, task.settings.depth_gain))
     write_png(task.gray_out, encode_gray_difference(rgb_diff, task.settings.rgb_gain))
     return PairResult(task.key, "written", mad, flow, notes=tuple(notes))
-
-
-def init_worker() -> None:
-    """Pool initializer: one OpenCV thread per worker process (the processes give the parallelism)."""
-    cv2.setNumThreads(1)

@@ -10,8 +10,8 @@ from scripts.datatools.casme3 import images as ci
 from scripts.datatools.casme3.annotations import AnnotatedRow
 from scripts.datatools.casme3.frames import SourceTree
 from scripts.datatools.casme3.pairs import run_pairs
-from scripts.datatools.casme3.report import Report
 from scripts.datatools.casme3.settings import Inputs, Settings
+from scripts.datatools.common.report import Report
 from util import UserError
 
 

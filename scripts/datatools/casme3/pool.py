@@ -14,15 +14,17 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from dataset import (DEPTH_LISTS, GRAY_LISTS, LIST_FOLDER, POOL_LIST, RGB_LISTS, UNLABELED, file_subject, list_line,
-                     make_key, pool_view_paths, write_list)
+from dataset import (DEPTH_LISTS, GRAY_LISTS, LIST_FOLDER, POOL_LIST, RGB_LISTS, UNLABELED, file_subject, make_key,
+                     pool_view_paths)
 from scripts.datatools.casme3 import images as ci
-from scripts.datatools.casme3.annotations import AnnotatedRow, parse_rows, read_table
+from scripts.datatools.casme3.annotations import AnnotatedRow, parse_rows
 from scripts.datatools.casme3.frames import SourceTree
 from scripts.datatools.casme3.labeled import LabeledPair
 from scripts.datatools.casme3.pairs import run_pairs
-from scripts.datatools.casme3.report import Report, write_csv
 from scripts.datatools.casme3.settings import Inputs, Settings
+from scripts.datatools.common.format import list_line, write_list
+from scripts.datatools.common.report import Report, write_csv
+from scripts.datatools.common.sheets import Sheet
 from util import UserError
 
 
@@ -134,8 +136,10 @@ def plot_histograms(path: Path, labeled: Sequence[float], pool: Sequence[float],
     axes.set_ylabel("density")
     axes.legend()
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    try:
+        figure.savefig(path, dpi=100)
+    except OSError as err:
+        raise UserError(f"{path}: could not be written ({err.strerror or err})") from None
 
 
 def write_pool_lists(out: Path, kept: Sequence[tuple[str, str, str, float]]) -> None:
@@ -156,16 +160,15 @@ class PoolOutcome:
     values: list[float | None]
 
 
-def pool_stage(rows: Sequence[AnnotatedRow], tree_a: SourceTree, settings: Settings, inputs: Inputs,
-               report: Report, threshold: float | None) -> PoolOutcome:
-    """Plan and compute the unlabeled pairs; write pretrain.txt and intensity_pool.csv."""
+def pool_stage(rows: Sequence[AnnotatedRow], exclude: Sequence[Sheet], trees: Sequence[SourceTree],
+               settings: Settings, inputs: Inputs, report: Report, threshold: float | None) -> PoolOutcome:
+    """Plan and compute the unlabeled pairs of the release parts `trees`, outside the intervals of
+    the ME annotation's `rows` and of the `--pool_exclude` sheets `exclude`; write pretrain.txt
+    and intensity_pool.csv."""
     intervals: dict[tuple[int, str], list[tuple[int, int]]] = defaultdict(list)
-    extra = [row for path in settings.pool_exclude
-             for row in parse_rows(read_table(path), report, labeled=False)]
+    extra = [row for sheet in exclude for row in parse_rows(sheet, report, labeled=False)]
     for row in [*rows, *extra]:
         intervals[(row.subject, row.video)].append((row.onset, row.end))
-    trees = ([tree_a] if "a" in settings.pool else []) + (
-        [SourceTree(Path(settings.part_b_root), "Part B", report)] if "b" in settings.pool else [])
     planned = plan_pool(trees, intervals, settings, inputs, report, threshold)
     results = run_pairs([p.task for p in planned], settings, "pool", "pool pairs")
     kept, table, values = [], [], []

@@ -20,7 +20,9 @@ in lists relative to it:
 
 `<key>` is `dataset.make_key` of the pair (second = apex, first = onset for MEs); K is the number
 of classes. The encoding is in `images.py`. Per-pair measures are cached in `.prepare_cache/` so a
-re-run skips pairs already written.
+re-run skips pairs already written. `--out` is claimed through its run record (`run.json`,
+`util.claim_folder`): a folder another tool wrote is refused, and one of other image settings
+unless `--overwrite`, which first removes what the earlier preparation wrote (`OWNS`).
 """
 from __future__ import annotations
 
@@ -30,83 +32,76 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
-from dataset import (CLASS_LIST, DEPTH_LISTS, GRAY_LISTS, LIST_FOLDER, RGB_LISTS, SUBJECT_LIST, file_subject,
-                     list_line, list_subject, split_list, subject_of, write_list)
+import util
+from dataset import DEPTH_LISTS, GRAY_LISTS, LIST_FOLDER, POOL_FOLDER, RGB_LISTS, file_subject, list_subject
 from scripts.datatools.casme3 import images as ci
-from scripts.datatools.casme3.annotations import parse_rows, read_table
+from scripts.datatools.casme3.annotations import parse_rows, read_annotation
 from scripts.datatools.casme3.frames import SourceTree
 from scripts.datatools.casme3.labeled import LabeledPair, labeled_stage
-from scripts.datatools.casme3.pairs import check_cache
+from scripts.datatools.casme3.pairs import CACHE_FOLDER
 from scripts.datatools.casme3.pool import PoolOutcome, Threshold, decide_threshold, plot_histograms, pool_stage
-from scripts.datatools.casme3.report import Report, print_summary, report_text, write_csv
-from scripts.datatools.casme3.settings import Inputs, Settings, check, read_inputs
+from scripts.datatools.casme3.report import print_summary, report_text
+from scripts.datatools.casme3.settings import IMAGE_SETTINGS, Inputs, Settings, check, read_inputs
+from scripts.datatools.common.crop import face_detector
+from scripts.datatools.common.format import list_line, write_loso_lists
+from scripts.datatools.common.report import Report, write_csv
 from util import UserError, atomic_write_json, atomic_write_text
 
-SPLITS = ("train", "test")
+TOOL = "prepare_casme3.py"
+# What the preparation writes into --out (what --overwrite removes): the labeled images of any
+# number of classes, the pool, the lists, the per-pair cache and the report files.
+OWNS = ("casme3_diff_me*", POOL_FOLDER, LIST_FOLDER, CACHE_FOLDER, "prepare_report.txt", "prepare_report.json",
+        "class_counts.csv", "report_items.csv", "intensity_labeled.csv", "intensity_pool.csv",
+        "intensity_histogram.png")
+
+
+def claim(settings: Settings) -> util.RunRecord:
+    """The output folder's run record, not yet saved: a folder of another tool is refused, and one
+    of other image settings unless --overwrite (which removes what the earlier run wrote)."""
+    identity = settings.identity()
+    return util.claim_folder(settings.out_dir, TOOL, identity, OWNS, settings.overwrite,
+                             may_change=[name for name in identity if name not in IMAGE_SETTINGS])
 
 
 def prepare(settings: Settings) -> dict:
     """Run the whole preparation; returns the report (also written as prepare_report.json)."""
     check(settings)
-    out = settings.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    check_cache(settings)
+    record = claim(settings)
     if settings.crop == "face":
-        try:
-            ci.face_detector()
-        except RuntimeError as err:
-            raise UserError(str(err)) from None
+        face_detector()
     inputs, report = read_inputs(settings), Report()
-
-    table = read_table(settings.annotation, settings.sheet)
-    rows = parse_rows(table, report, labeled=True)
+    sheet = read_annotation(settings.annotation, labeled=True, sheet=settings.sheet)
+    exclude = [read_annotation(path, labeled=False) for path in settings.pool_exclude]
     tree_a = SourceTree(Path(settings.root), "Part A", report)
+    trees = ([tree_a] if "a" in settings.pool else []) + (
+        [SourceTree(Path(settings.part_b_root), "Part B", report)] if "b" in settings.pool else [])
+    record.complete = False
+    record.save()
+
+    out = settings.out_dir
+    rows = parse_rows(sheet, report, labeled=True)
     labeled = labeled_stage(rows, tree_a, settings, inputs, report)
     if not labeled:
         reasons = ", ".join(f"{k} {n}" for k, n in report.kinds("skipped").items())
-        raise UserError(f"{table.name}: no usable ME ({reasons})")
+        raise UserError(f"{sheet.name}: no usable ME ({reasons})")
     threshold = decide_threshold(settings, labeled)
-    pool = pool_stage(rows, tree_a, settings, inputs, report, threshold.value) if settings.pool != "none" else None
+    pool = pool_stage(rows, exclude, trees, settings, inputs, report, threshold.value) if trees else None
     if settings.calibrate:
         pool_values = [v for v in (pool.values if pool else []) if v is not None]
         plot_histograms(out / "intensity_histogram.png", threshold.labeled, pool_values, threshold.value,
                         settings.intensity)
-    samples = [(p.row.subject, os.path.relpath(p.task.rgb_out, out), os.path.relpath(p.task.depth_out, out),
-                os.path.relpath(p.task.gray_out, out), p.label) for p, _ in labeled]
-    subjects = write_lists(out, samples, inputs.class_map.classes)
-    return write_reports(settings, inputs, report, len(table.rows), labeled, subjects, threshold, pool)
-
-
-def write_lists(out: Path, samples: Sequence[tuple[int, str, str, str, int]], classes: Sequence[str]) -> list[str]:
-    """Per-subject lists from (subject, rgb path, depth path, grey path, label), paths relative to
-    `out`.
-
-    S_test holds S's samples, S_train every other subject's, in the order given (every view in
-    the same order). Lists of subjects an earlier run wrote that have no sample now are removed.
-    Returns the subject names written to subName.txt.
-    """
-    lists = out / LIST_FOLDER
-    subjects = sorted({s[0] for s in samples})
-    names = [list_subject(n) for n in subjects]
-    wanted = {split_list(name, split) for name in names for split in SPLITS}
-    for view, column in ((RGB_LISTS, 1), (DEPTH_LISTS, 2), (GRAY_LISTS, 3)):
-        folder = lists / view
-        folder.mkdir(parents=True, exist_ok=True)
-        for n in subjects:
-            for split, chosen in (("test", [s for s in samples if s[0] == n]),
-                                  ("train", [s for s in samples if s[0] != n])):
-                write_list(folder / split_list(list_subject(n), split), [list_line(s[column], s[4]) for s in chosen])
-        for stale in folder.iterdir():
-            if _is_split_list(stale.name) and stale.name not in wanted:
-                stale.unlink()
-    write_list(lists / RGB_LISTS / SUBJECT_LIST, names)
-    write_list(lists / CLASS_LIST, classes)
-    return names
-
-
-def _is_split_list(name: str) -> bool:
-    """Whether `name` is a subject's LOSO list as `split_list` names it."""
-    return any(name == split_list(subject_of(name), split) for split in SPLITS)
+    views = {view: {} for view in (RGB_LISTS, DEPTH_LISTS, GRAY_LISTS)}
+    for pair, _ in labeled:
+        paths = (pair.task.rgb_out, pair.task.depth_out, pair.task.gray_out)
+        for lines, path in zip(views.values(), paths):
+            lines.setdefault(list_subject(pair.row.subject), []).append(list_line(os.path.relpath(path, out),
+                                                                                  pair.label))
+    subjects = write_loso_lists(out / LIST_FOLDER, views, inputs.class_map.classes)
+    report_json = write_reports(settings, inputs, report, len(sheet.rows), labeled, subjects, threshold, pool)
+    record.finish(classes=report_json["classes"], subjects=report_json["subjects"],
+                  samples=report_json["labeled"]["samples"], threshold=report_json["threshold"]["value"],
+                  pool_pairs=report_json["pool"].get("kept", 0))
+    return report_json
 
 
 def write_reports(settings: Settings, inputs: Inputs, report: Report, annotation_rows: int,
@@ -147,7 +142,7 @@ def write_reports(settings: Settings, inputs: Inputs, report: Report, annotation
         "pool": pool_json,
     }
     atomic_write_json(out / "prepare_report.json", report_json)
-    atomic_write_text(out / "prepare_report.txt", report_text(report_json))
+    atomic_write_text(out / "prepare_report.txt", report_text(report_json, report))
     write_csv(out / "class_counts.csv", ("subject", *classes, "total"),
               [(s, *(c.get(k, 0) for k in classes), sum(c.values())) for s, c in per_subject.items()])
     write_csv(out / "report_items.csv", ("category", "kind", "source", "detail"),

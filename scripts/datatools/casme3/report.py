@@ -1,70 +1,16 @@
-"""The preparation's report: what was skipped, excluded or unusual, and the report files' text."""
+"""The text of the preparation's report (what was skipped, excluded or unusual is gathered in a
+`common.report.Report`)."""
 from __future__ import annotations
 
-import csv
-import io
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from dataset import LIST_FOLDER
-from util import atomic_write_text
+from scripts.datatools.common.report import Report
+
+CATEGORIES = ("skipped", "excluded", "anomaly")
 
 
-@dataclass(frozen=True)
-class ReportItem:
-    """One reported row: category 'skipped', 'excluded' or 'anomaly'; `source` names the file/row."""
-    category: str
-    kind: str
-    source: str
-    detail: str
-
-
-class Report:
-    """What was skipped, excluded or unusual: itemized for labeled MEs and single folders, counted
-    (with a first example) for pool pairs and layout variants that repeat for every video."""
-
-    def __init__(self) -> None:
-        self.items: list[ReportItem] = []
-        self.counts: Counter[str] = Counter()
-        self.examples: dict[str, str] = {}
-
-    def add(self, category: str, kind: str, source: str, detail: str) -> None:
-        """Itemize one row or folder."""
-        self.items.append(ReportItem(category, kind, source, detail))
-
-    def count(self, kind: str, detail: str, n: int = 1) -> None:
-        """Count `n` occurrences of `kind`, remembering the first example."""
-        self.counts[kind] += n
-        self.examples.setdefault(kind, detail)
-
-    def kinds(self, category: str) -> Counter[str]:
-        """Itemized rows of `category` by kind."""
-        return Counter(item.kind for item in self.items if item.category == category)
-
-    def first(self, category: str) -> ReportItem | None:
-        """The first itemized row of `category`, if any."""
-        return next((item for item in self.items if item.category == category), None)
-
-
-def _fmt(value: object) -> str:
-    """CSV cell text: floats to 6 significant digits, None empty."""
-    if value is None:
-        return ""
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
-def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    """A CSV file written atomically."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows([_fmt(v) for v in row] for row in rows)
-    atomic_write_text(path, buffer.getvalue())
-
-
-def report_text(report_json: dict) -> str:
+def report_text(report_json: dict, report: Report) -> str:
     """Human-readable version of the JSON report."""
     lab, pool, classes = report_json["labeled"], report_json["pool"], report_json["classes"]
     settings = report_json["settings"]
@@ -79,10 +25,7 @@ def report_text(report_json: dict) -> str:
                      + str(sum(counts.values())).rjust(8))
     lines.append("  " + "all".ljust(10) + "".join(str(lab["per_class"].get(c, 0)).rjust(10) for c in classes)
                  + str(lab["samples"]).rjust(8))
-    for category in ("skipped", "excluded", "anomaly"):
-        items = [i for i in report_json["items"] if i["category"] == category]
-        lines += ["", f"{category} ({len(items)}):"]
-        lines += [f"  [{i['kind']}] {i['source']}: {i['detail']}" for i in items]
+    lines += report.item_lines([(category, category) for category in CATEGORIES])
     lines += ["", "counted:"]
     lines += [f"  [{kind}] {info['count']}, e.g. {info['example']}"
               for kind, info in report_json["counted"].items()]
@@ -105,7 +48,7 @@ def print_summary(report_json: dict, report: Report, out: Path) -> None:
     print(f"labeled MEs: {lab['samples']} of {lab['annotation_rows']} rows ({lab['written']} written, "
           f"{lab['reused']} reused) over {len(lab['per_subject'])} subjects; "
           + ", ".join(f"{c} {lab['per_class'].get(c, 0)}" for c in report_json["classes"]))
-    for category in ("skipped", "excluded", "anomaly"):
+    for category in CATEGORIES:
         kinds = report.kinds(category)
         if kinds:
             first = report.first(category)

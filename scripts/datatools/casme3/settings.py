@@ -6,13 +6,15 @@ setting there, and nothing reads the flags afterwards.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import hashlib
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dataset import image_folder
 from scripts.datatools.casme3.annotations import ClassMap, builtin_class_map, read_boxes, read_class_map
 from scripts.datatools.casme3.frames import AuTables
-from scripts.datatools.casme3.images import Box, ImageSettings
+from scripts.datatools.casme3.images import ImageSettings
+from scripts.datatools.common.crop import Box
 from util import UserError
 
 
@@ -72,13 +74,33 @@ class Settings:
         return ImageSettings(self.crop, self.crop_margin if self.crop == "face" else 0.0, self.image_size,
                              self.rgb_gain, self.depth_gain, self.motion_compensation)
 
+    def identity(self) -> dict:
+        """What determines the output, as the output folder's run record holds it: every flag but
+        --out, --overwrite, --workers and --strict, input paths resolved, the image settings as
+        the images use them, and the SHA-1 of the box file (`box_file_sha1`)."""
+        values = {k: v for k, v in asdict(self).items() if k not in ("out", "overwrite", "workers", "strict")}
+        for name in ("root", "annotation", "box_file", "class_map", "part_b_root", "au_dir"):
+            if values[name] is not None:
+                values[name] = str(Path(values[name]).resolve())
+        values["pool_exclude"] = [str(Path(path).resolve()) for path in self.pool_exclude]
+        values["box_file_sha1"] = hashlib.sha1(Path(self.box_file).read_bytes()).hexdigest() if self.box_file else None
+        return {**values, **asdict(self.image_settings)}
+
+
+# The settings an output folder keeps for good: those of its images (and of the cached measures).
+# The others (which MEs and pool pairs, their classes, the threshold) may change from run to run: a
+# re-run reuses every image made with the same image settings and rewrites the lists and reports.
+IMAGE_SETTINGS = ("crop", "crop_margin", "image_size", "rgb_gain", "depth_gain", "motion_compensation",
+                  "box_file_sha1")
+
 
 def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
 def check(settings: Settings) -> None:
-    """Validate flag values and paths; UserError naming the first problem."""
+    """Validate paths and the flags' combinations (each flag's range is its parser type's);
+    UserError naming the first problem."""
     for name in ("root", "part_b_root", "au_dir"):
         value = getattr(settings, name)
         if value is not None and not Path(value).is_dir():
@@ -93,18 +115,10 @@ def check(settings: Settings) -> None:
         if value is not None and _inside(out, Path(value).resolve()):
             raise UserError(f"--out {settings.out} is inside the input tree --{name} {value}; "
                             f"choose an output folder outside it")
-    if settings.image_size < 0 or 0 < settings.image_size < 16:
+    if 0 < settings.image_size < 16:
         raise UserError(f"--image_size {settings.image_size}: use 0 (keep the crop size) or at least 16")
-    if settings.gap < 1 or settings.stride < 1:
-        raise UserError(f"--gap {settings.gap} and --stride {settings.stride} must be at least 1")
-    if settings.rgb_gain <= 0 or settings.depth_gain <= 0:
-        raise UserError("--rgb_gain and --depth_gain must be positive")
-    if not 0 <= settings.calibration_percentile <= 100:
-        raise UserError(f"--calibration_percentile {settings.calibration_percentile}: must be in 0..100")
-    if settings.crop_margin < 0:
-        raise UserError(f"--crop_margin {settings.crop_margin}: must be >= 0")
-    if settings.workers < 0:
-        raise UserError(f"--workers {settings.workers}: must be >= 0")
+    if settings.calibration_percentile > 100:
+        raise UserError(f"--calibration_percentile {settings.calibration_percentile:g}: must be in 0..100")
     if settings.crop == "box" and settings.box_file is None:
         raise UserError("--crop box needs --box_file")
     if settings.box_file is not None and settings.crop != "box":

@@ -1,6 +1,6 @@
-"""MEGC2019 composite (CD) preparation (`scripts/prepare_megc2019.py`), one concern a module:
+"""MEGC2019 composite (CD) preparation (`scripts/prepare_megc2019.py`), one concern a module (what
+it shares with the CAS(ME)^3 preparation is in `scripts.datatools.common`):
 
-- `sheets`: the CASME II and SAMM annotation sheets (header row found by its column names);
 - `databases`: the three releases (SMIC-HS folders, CASME II and SAMM sheets and frames) read
   into clips with the MEGC2019 3-class mapping and composite subject names;
 - `images`: the face crop, the apex estimate (SMIC, bad sheet apexes) and one clip's RGB

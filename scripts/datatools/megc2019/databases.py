@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from dataset import DATABASES as DATABASE_NAMES, DEFAULT_CLASS_NAMES
-from scripts.datatools.casme3.report import Report
-from scripts.datatools.megc2019.sheets import (CASME2_COLUMNS, SAMM_COLUMNS, Sheet, cell_number, cell_text,
-                                               read_sheet)
+from scripts.datatools.common.frames import frame_index
+from scripts.datatools.common.report import Report
+from scripts.datatools.common.sheets import Sheet, cell_int, cell_text, read_sheet
 from util import UserError
 
 DATABASES = ("smic", "casme2", "samm")
@@ -45,10 +45,12 @@ STANDARD_COUNTS = {"smic": {"negative": 70, "positive": 51, "surprise": 43},
                    "casme2": {"negative": 88, "positive": 32, "surprise": 25},
                    "samm": {"negative": 92, "positive": 26, "surprise": 15}}
 SMIC_APEX_REASON = "no apex annotation"
+# The sheets' columns (matched without case and spaces: `common.sheets.column_key`)
+CASME2_COLUMNS = ("Subject", "Filename", "OnsetFrame", "ApexFrame", "OffsetFrame", "Estimated Emotion")
+SAMM_COLUMNS = ("Subject", "Filename", "Onset Frame", "Apex Frame", "Offset Frame", "Estimated Emotion")
 CASME2_FRAMES, CASME2_SHEET = "CASME2_RAW_selected", "CASME2-coding-20140508.xlsx"
 SAMM_FRAMES, SAMM_SHEET = "SAMM", "SAMM_Micro_FACS_Codes_v2.xlsx"
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".bmp", ".png")
-_TRAILING_NUMBER = re.compile(r"(\d+)$")
 _SMIC_SUBJECT = re.compile(r"^s0*(\d+)$", re.IGNORECASE)
 _CASME2_SUBJECT = re.compile(r"^(?:sub)?0*(\d+)$", re.IGNORECASE)
 
@@ -85,15 +87,18 @@ class Clip:
         return CLASSES.index(self.class_name)
 
 
-def frame_index(folder: Path) -> dict[int, Path]:
-    """Frame number -> image file of a clip folder (number = the file stem's trailing digits)."""
-    frames: dict[int, Path] = {}
-    if folder.is_dir():
-        for path in sorted(folder.iterdir()):
-            match = _TRAILING_NUMBER.search(path.stem)
-            if path.suffix.lower() in FRAME_SUFFIXES and match and path.is_file():
-                frames.setdefault(int(match.group(1)), path)
-    return frames
+def cell_number(value: object) -> int | None:
+    """A frame or subject number (a whole number >= 0) from a cell; None when it is not one."""
+    try:
+        number = cell_int(value)
+    except ValueError:
+        return None
+    return number if number is not None and number >= 0 else None
+
+
+def clip_frames(folder: Path) -> dict[int, Path]:
+    """Frame number -> image file of a clip folder (`common.frames.frame_index` of `FRAME_SUFFIXES`)."""
+    return frame_index(folder, FRAME_SUFFIXES)
 
 
 class LeftOut(Exception):
@@ -152,7 +157,7 @@ def read_smic(root: Path, report: Report) -> list[Clip]:
                      f"negative, positive or surprise")
                 continue
             for clip_folder in sorted(p for p in class_folder.iterdir() if p.is_dir()):
-                index = frame_index(clip_folder)
+                index = clip_frames(clip_folder)
                 try:
                     frames = frames_from(index, min(index, default=0))
                 except LeftOut as problem:
@@ -222,7 +227,7 @@ def _annotated(database: str, sheet: Sheet, subject_of: Callable[[object], int |
         seen[identity] = source
         folder = folder_of(number, video)
         try:
-            onset, apex, frames, apex_reason = _row_frames(cells, frame_index(folder), estimate_bad_apex)
+            onset, apex, frames, apex_reason = _row_frames(cells, clip_frames(folder), estimate_bad_apex)
         except LeftOut as problem:
             warn(report, problem.kind, source, f"{folder}: {problem}")
             continue

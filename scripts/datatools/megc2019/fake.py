@@ -20,6 +20,9 @@ left out with a warning by `--no_estimate_bad_apex`; and, always left out with a
 clip of one frame, a CASME II missing apex frame and subject without folders, a duplicated SAMM
 row. Emotions outside the MEGC2019 classes (CASME II others and fear, SAMM Other) are excluded by
 the mapping.
+
+The output folder is claimed through its run record (`util.claim_folder`, tool `TOOL`): a folder
+another tool wrote is refused; `overwrite` removes earlier fake releases (`OWNS`) first.
 """
 from __future__ import annotations
 
@@ -30,7 +33,11 @@ from typing import Callable
 import cv2
 import numpy as np
 
+import util
 from scripts.datatools.megc2019.databases import CASME2_FRAMES, CASME2_SHEET, SAMM_SHEET
+
+TOOL = "make_fake_megc2019.py"
+OWNS = ("SMIC", "CASME2", "SAMM")  # the three releases
 
 FRAME_W, FRAME_H = 64, 48
 BLOB_CENTER, BLOB_SIGMA, BLOB_AMPLITUDE = (34, 26), 5.0, 40.0
@@ -150,9 +157,13 @@ def _write_sheet(path: Path, preamble: int, header: tuple[str, ...], rows: list[
     book.save(path)
 
 
-def build_fake_releases(out: str | Path) -> FakeReleases:
-    """Write the three fake releases under `out` (created) and return their roots."""
+def build_fake_releases(out: str | Path, overwrite: bool = False) -> FakeReleases:
+    """Write the three fake releases under `out` (created; refused when another tool wrote it) and
+    return their roots."""
     out = Path(out)
+    record = util.claim_folder(out, TOOL, {}, OWNS, overwrite)
+    record.complete = False
+    record.save()
     releases = FakeReleases(out / "SMIC", out / "CASME2", out / "SAMM")
     for i, (subject, cls, clip, first, n, apex) in enumerate(SMIC_CLIPS):
         folder = releases.smic / "HS" / f"s{subject}" / "micro" / cls / clip
@@ -174,4 +185,5 @@ def build_fake_releases(out: str | Path) -> FakeReleases:
                         lambda n, s=number: f"{s:03d}_{n:05d}.jpg", grey=True)
     _write_sheet(releases.samm / SAMM_SHEET, SAMM_PREAMBLE, SAMM_HEADER,
                  [(s, v, 1, on, ap, off, off - on + 1, "Micro - 1/2", "4+7", "", e) for s, v, on, ap, off, e in SAMM_ROWS])
+    record.finish()
     return releases

@@ -1,9 +1,9 @@
 """Image side of the MEGC2019 preparation: the crop, the apex estimate and one clip's RGB
 difference image (`process_clip` is what the `--workers` processes run).
 
-The encoding is the CAS(ME)^3 preparation's (`scripts.datatools.casme3.images`), RGB view only:
-onset and apex frames cropped with one box, resized to the output size, subtracted channel by
-channel and written by `dataset.encode_difference`::
+The encoding is the CAS(ME)^3 preparation's, RGB view only (`scripts.datatools.common`): onset
+and apex frames read and verified (`common.frames`), cropped with one box, resized to the output
+size, subtracted channel by channel and written by `common.format.encode_difference`::
 
     pixel = clip(round(128 + gain * (apex - onset)), 0, 255)
 
@@ -26,8 +26,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dataset import encode_difference, write_png
-from scripts.datatools.casme3 import images as ci
+from scripts.datatools.common.crop import Box, crop_resize, face_box, output_size, to_gray
+from scripts.datatools.common.format import encode_difference, write_png
+from scripts.datatools.common.frames import FrameError, read_rgb
 
 APEX_SIDE = 64
 APEX_SIGMA = 1.0
@@ -83,24 +84,20 @@ def clip_key(subject: str, video: str, onset: int, apex: int) -> str:
     return f"{subject}-{video}-{apex}-{subject}-{video}-{onset}_diff"
 
 
-def crop_box(bgr: np.ndarray, settings: ImageSettings, notes: list[tuple[str, str]], where: str) -> ci.Box:
+def crop_box(bgr: np.ndarray, settings: ImageSettings, notes: list[tuple[str, str]], where: str) -> Box:
     """The crop box of a clip in pixels of its (H, W, 3) onset frame."""
-    height, width = bgr.shape[:2]
     if settings.crop == "face":
-        face = ci.detect_face(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
-        if face is not None:
-            return ci.square_box(face, settings.crop_margin, width, height)
-        notes.append(("no_face", f"no face found in {where}: whole frame used"))
-    return 0, 0, width, height
+        return face_box(bgr, settings.crop_margin, notes, where)
+    return 0, 0, bgr.shape[1], bgr.shape[0]
 
 
-def apex_image(bgr: np.ndarray, box: ci.Box) -> np.ndarray:
+def apex_image(bgr: np.ndarray, box: Box) -> np.ndarray:
     """(APEX_SIDE, APEX_SIDE) float32: the grey face crop of an (H, W, 3) frame, resized and blurred."""
-    grey = ci.to_gray(ci.crop_resize(bgr, box, (APEX_SIDE, APEX_SIDE)))
+    grey = to_gray(crop_resize(bgr, box, (APEX_SIDE, APEX_SIDE)))
     return cv2.GaussianBlur(grey, (0, 0), APEX_SIGMA)
 
 
-def estimate_apex(frames: tuple[tuple[int, str], ...], onset: np.ndarray, box: ci.Box) -> int:
+def estimate_apex(frames: tuple[tuple[int, str], ...], onset: np.ndarray, box: Box) -> int:
     """Frame number of the estimated apex of a clip whose first frame (`onset`, (H, W, 3)) is the
     onset: the later frame whose `apex_image` differs most from the onset's in mean absolute value."""
     reference = apex_image(onset, box)
@@ -119,9 +116,9 @@ def estimate_apex(frames: tuple[tuple[int, str], ...], onset: np.ndarray, box: c
 def _read(path: str) -> np.ndarray:
     """(H, W, 3) uint8 BGR frame; ClipError when it cannot be read."""
     try:
-        return ci.read_rgb(path)
-    except ci.FrameError as err:
-        raise ClipError(getattr(err, "kind", "unreadable_frame"), str(err)) from None
+        return read_rgb(path)
+    except FrameError as err:
+        raise ClipError(err.kind, str(err)) from None
 
 
 def process_clip(task: ClipTask) -> ClipResult:
@@ -138,9 +135,8 @@ def process_clip(task: ClipTask) -> ClipResult:
             raise ClipError("frame_size", f"apex frame {apex_path} and onset frame {onset_path} differ in size")
     except ClipError as err:
         return ClipResult("skipped", kind=err.kind, reason=str(err))
-    side = task.settings.image_size
-    size = (side, side) if side else None
-    diff = ci.crop_resize(apex, box, size) - ci.crop_resize(onset, box, size)
+    size = output_size(task.settings.image_size)
+    diff = crop_resize(apex, box, size) - crop_resize(onset, box, size)
     key = clip_key(task.subject, task.video, onset_number, apex_number)
     path = Path(task.out_folder) / f"{key}.png"
     # frames are BGR as OpenCV reads them; the PNG holds RGB

@@ -15,30 +15,36 @@ to it:
 List lines are `<path> <label> <dbtype>`: labels 0 negative, 1 positive, 2 surprise; dbtype 1
 SMIC, 2 CASME II, 3 SAMM. A subject's train list holds every other subject's samples. There is no
 depth view: evaluate the lists with `--view RGB`.
+
+`--out` is claimed through its run record (`run.json`, `util.claim_folder`): a folder another tool
+wrote is refused, and one of other settings unless `--overwrite`, which first removes what the
+earlier preparation wrote (`OWNS`).
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import multiprocessing
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from tqdm import tqdm
 
-from dataset import CLASS_LIST, LIST_FOLDER, RGB_LISTS, SUBJECT_LIST, list_line, split_list, write_list
-from scripts.datatools.casme3 import images as ci
-from scripts.datatools.casme3.report import Report
+import util
+from dataset import LIST_FOLDER, RGB_LISTS
+from scripts.datatools.common.crop import face_detector
+from scripts.datatools.common.format import list_line, write_loso_lists
+from scripts.datatools.common.report import Report, write_csv
+from scripts.datatools.common.tasks import run_tasks
 from scripts.datatools.megc2019 import databases as db
 from scripts.datatools.megc2019.images import ClipResult, ClipTask, ImageSettings, process_clip
 from util import UserError, atomic_write_text
 
+TOOL = "prepare_megc2019.py"
 IMAGE_FOLDER = "megc2019_diff"
 SAMPLES_CSV = "megc2019_samples.csv"
 REPORT_FILE = "prepare_report.txt"
+OWNS = (IMAGE_FOLDER, LIST_FOLDER, SAMPLES_CSV, REPORT_FILE)  # what --overwrite removes
 INPUTS = ("smic", "casme2", "samm")
 
 
@@ -57,6 +63,7 @@ class Settings:
     image_size: int
     rgb_gain: float
     workers: int
+    overwrite: bool
 
     @classmethod
     def from_flags(cls, flags: argparse.Namespace) -> Settings:
@@ -73,6 +80,15 @@ class Settings:
         """The settings that change the written images."""
         return ImageSettings(self.crop, self.crop_margin, self.image_size, self.rgb_gain)
 
+    def identity(self) -> dict:
+        """What determines the output, as the output folder's run record holds it: every flag but
+        --out, --workers and --overwrite, the databases' folders and sheets resolved."""
+        values = {k: v for k, v in asdict(self).items() if k not in ("out", "workers", "overwrite")}
+        for name in (*INPUTS, "casme2_sheet", "samm_sheet"):
+            if values[name] is not None:
+                values[name] = str(Path(values[name]).resolve())
+        return values
+
 
 def check(settings: Settings) -> None:
     """Validate flag values and paths; UserError naming the first problem."""
@@ -88,10 +104,8 @@ def check(settings: Settings) -> None:
         if out == root or root in out.parents:
             raise UserError(f"--out {settings.out} is inside the input tree --{name} {getattr(settings, name)}; "
                             f"choose an output folder outside it")
-    if settings.image_size < 0 or 0 < settings.image_size < 16:
+    if 0 < settings.image_size < 16:
         raise UserError(f"--image_size {settings.image_size}: use 0 (keep the crop size) or at least 16")
-    if settings.rgb_gain <= 0 or settings.crop_margin < 0 or settings.workers < 0:
-        raise UserError("--rgb_gain must be positive, --crop_margin and --workers at least 0")
 
 
 def read_clips(settings: Settings, report: Report) -> list[db.Clip]:
@@ -111,33 +125,24 @@ def _optional(path: str | None) -> Path | None:
     return Path(path) if path else None
 
 
-def run_clips(tasks: Sequence[ClipTask], workers: int) -> Iterator[ClipResult]:
-    """Results of `tasks` in task order, with `workers` processes (0 or 1: this one)."""
-    if workers <= 1 or len(tasks) < 2:
-        yield from map(process_clip, tasks)
-        return
-    with multiprocessing.get_context("spawn").Pool(workers, initializer=ci.init_worker) as pool:
-        yield from pool.imap(process_clip, tasks, chunksize=1)
-
-
 def prepare(settings: Settings) -> dict:
     """Run the whole preparation; returns the summary (counts, subjects, what was left out)."""
     check(settings)
     out = Path(settings.out)
+    record = util.claim_folder(out, TOOL, settings.identity(), OWNS, settings.overwrite)
     if settings.crop == "face":
-        try:
-            ci.face_detector()
-        except RuntimeError as err:
-            raise UserError(str(err)) from None
+        face_detector()
     report = Report()
     clips = read_clips(settings, report)
     if not clips:
         raise UserError(f"no usable micro-expression in {', '.join(str(getattr(settings, n)) for n in settings.given)}")
+    record.complete = False
+    record.save()
     tasks = [ClipTask(c.subject, c.video, c.frames, c.apex, str(out / IMAGE_FOLDER / c.database / c.class_name),
                       settings.image_settings) for c in clips]
     samples = []
-    for clip, result in zip(clips, tqdm(run_clips(tasks, settings.workers), total=len(tasks), desc="MEGC2019 clips",
-                                        unit="clip")):
+    results = run_tasks(process_clip, tasks, settings.workers)
+    for clip, result in zip(clips, tqdm(results, total=len(tasks), desc="MEGC2019 clips", unit="clip")):
         if result.status == "skipped":
             db.warn(report, result.kind, clip.source, result.reason)
             continue
@@ -149,49 +154,30 @@ def prepare(settings: Settings) -> dict:
         samples.append((clip, result))
     if not samples:
         raise UserError(f"no clip could be encoded ({', '.join(f'{k} {n}' for k, n in report.kinds('skipped').items())})")
-    write_lists(out, samples)
-    write_samples(out / SAMPLES_CSV, out, samples)
-    summary = summarize(samples, report, settings)
-    text = summary_text(summary)
-    atomic_write_text(out / REPORT_FILE, text + _items_text(report))
-    print(text, end="")
-    return summary
-
-
-def write_lists(out: Path, samples: Sequence[tuple[db.Clip, ClipResult]]) -> list[str]:
-    """Per-subject test and train lists, subName.txt and classes.txt under `out/data`; returns the
-    subjects. Split lists of subjects no longer present are removed."""
     lines: dict[str, list[str]] = {}
     for clip, result in samples:
         rel = Path(result.path).relative_to(out).as_posix()
         lines.setdefault(clip.subject, []).append(list_line(rel, clip.label, dbtype=db.DBTYPES[clip.database]))
-    folder = out / LIST_FOLDER / RGB_LISTS
-    written = set()
-    for subject, own in lines.items():
-        others = [line for other, other_lines in lines.items() if other != subject for line in other_lines]
-        for split, split_lines in (("test", own), ("train", others)):
-            write_list(folder / split_list(subject, split), split_lines)
-            written.add(split_list(subject, split))
-    for path in folder.glob("*.txt"):
-        if path.name.endswith(("_train.txt", "_test.txt")) and path.name not in written:
-            path.unlink()
-    write_list(folder / SUBJECT_LIST, lines)
-    write_list(out / LIST_FOLDER / CLASS_LIST, db.CLASSES)
-    return list(lines)
+    write_loso_lists(out / LIST_FOLDER, {RGB_LISTS: lines}, db.CLASSES)
+    write_samples(out / SAMPLES_CSV, out, samples)
+    summary = summarize(samples, report, settings)
+    text = summary_text(summary)
+    sections = (("skipped", "left out"), ("estimated", "apex estimated"), ("excluded", "excluded by the mapping"),
+                ("anomaly", "notes"))
+    atomic_write_text(out / REPORT_FILE, text + "\n".join(report.item_lines(sections)) + "\n")
+    print(text, end="")
+    record.finish(samples=summary["samples"], counts=summary["counts"], subjects=summary["subjects"])
+    return summary
 
 
 def write_samples(path: Path, out: Path, samples: Sequence[tuple[db.Clip, ClipResult]]) -> None:
     """The samples table (CSV): one row a sample, the apex marked annotated or estimated."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(("key", "database", "dbtype", "subject", "clip", "emotion", "class", "label", "onset", "apex",
-                     "apex_source", "apex_reason", "rgb"))
-    for clip, result in samples:
-        writer.writerow((result.key, clip.database, db.DBTYPES[clip.database], clip.subject, clip.video, clip.emotion,
-                         clip.class_name, clip.label, clip.onset, result.apex,
-                         "annotated" if clip.apex is not None else "estimated", clip.apex_reason,
-                         Path(result.path).relative_to(out).as_posix()))
-    atomic_write_text(path, buffer.getvalue())
+    write_csv(path, ("key", "database", "dbtype", "subject", "clip", "emotion", "class", "label", "onset", "apex",
+                     "apex_source", "apex_reason", "rgb"),
+              [(result.key, clip.database, db.DBTYPES[clip.database], clip.subject, clip.video, clip.emotion,
+                clip.class_name, clip.label, clip.onset, result.apex,
+                "annotated" if clip.apex is not None else "estimated", clip.apex_reason,
+                Path(result.path).relative_to(out).as_posix()) for clip, result in samples])
 
 
 def summarize(samples: Sequence[tuple[db.Clip, ClipResult]], report: Report, settings: Settings) -> dict:
@@ -273,13 +259,3 @@ def standard_text(summary: dict) -> str:
 def _counts_text(counts: dict[str, int]) -> str:
     """`a: 1, b: 2`, in key order."""
     return ", ".join(f"{key}: {n}" for key, n in sorted(counts.items()))
-
-
-def _items_text(report: Report) -> str:
-    """Every reported row, by category."""
-    lines = []
-    for category, title in (("skipped", "left out"), ("estimated", "apex estimated"),
-                            ("excluded", "excluded by the mapping"), ("anomaly", "notes")):
-        items = [item for item in report.items if item.category == category]
-        lines += ["", f"{title} ({len(items)}):"] + [f"  [{i.kind}] {i.source}: {i.detail}" for i in items]
-    return "\n".join(lines) + "\n"

@@ -32,10 +32,12 @@ difference of the same two RGB frames) and `data/v_gray/` lists; these lists kee
 v_rgb lists, as the published ones do.
 
 Generation is deterministic: the same arguments give byte-identical files (every pair has its own
-random stream, keyed by seed, subject and index). The output folder holds a marker
-``synthetic_casme3.json`` (generator, arguments, counts); a non-empty folder without it is never
-written into, and regenerating into a marked folder first removes only what the generator owns
-(``OWNED_ENTRIES``).
+random stream, keyed by seed, subject and index). The output folder is claimed through its run
+record (``run.json``, `util.claim_folder`, tool ``TOOL``): the settings are the arguments, the
+details the summary (counts, the pool's best threshold), ``complete`` true once every file is
+written. A folder another tool wrote, or one without a record that holds files, is never written
+into; a folder of other arguments only with ``overwrite``; regenerating first removes only what
+the generator wrote there (``PREPARED_ENTRIES`` or, for a raw release, ``RAW_ENTRIES``).
 
 With ``raw_release`` the same subjects, pairs and nuisances are written as a raw CAS(ME)^3 release
 (frames, annotation workbook, ground truth) for `scripts/prepare_casme3.py` instead
@@ -45,9 +47,7 @@ Public API: ``generate_dataset``, ``SyntheticError`` and the module constants.
 """
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -56,10 +56,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+import util
 from dataset import (CLASS_LIST, DEFAULT_CLASS_NAMES, DEPTH_LISTS, GRAY_LISTS, LIST_FOLDER, POOL_FOLDER,
                      POOL_LIST, RGB_LISTS, SUBJECT_LIST, UNLABELED, image_folder, image_view_dirs,
-                     labeled_view_paths, list_line, list_subject, make_key, pool_view_paths, split_list,
-                     write_list, write_png)
+                     labeled_view_paths, list_subject, make_key, pool_view_paths, split_list)
+from scripts.datatools.common.format import list_line, write_list, write_png
 from scripts.datatools.synthetic.face import AU_NAMES, make_subject
 from scripts.datatools.synthetic.raw_release import RAW_ENTRIES, write_release
 from scripts.datatools.synthetic.regime import Regime, knob_names
@@ -67,12 +68,11 @@ from scripts.datatools.synthetic.render import render_pair
 
 CASME3_TEST_COUNTS = {"negative": 508, "others": 170, "positive": 64, "surprise": 201}
 
-MARKER_NAME = "synthetic_casme3.json"
-GENERATOR_ID = "dvscl-synthetic-casme3-1"
-# Labeled images go under the 4-class folder even with 3 classes: the layout earlier outputs had.
+TOOL = "make_synthetic_casme3.py"  # the writer the run record names
+# Labeled images go under the 4-class folder even with 3 classes.
 IMAGE_CLASSES = 4
 RGB_DIR, DEPTH_DIR, GRAY_DIR = image_view_dirs(IMAGE_CLASSES)
-OWNED_ENTRIES = (image_folder(IMAGE_CLASSES), POOL_FOLDER, LIST_FOLDER, *RAW_ENTRIES, MARKER_NAME)
+PREPARED_ENTRIES = (image_folder(IMAGE_CLASSES), POOL_FOLDER, LIST_FOLDER)  # what the prepared layout writes
 
 
 # class -> patterns (weight, AUs always present, AUs present with probability 1/2)
@@ -97,8 +97,8 @@ POOL_INDEX_OFFSET = 1_000_000  # per-sample random streams: labeled i -> i, pool
 POOL_DECIMALS = 4  # pool intensities are rounded once, so that the lists and the summary agree
 
 
-class SyntheticError(ValueError):
-    """Bad argument or unusable output folder; the message is one line."""
+class SyntheticError(util.UserError):
+    """A bad argument; the message is one line."""
 
 
 class _PoolRow(NamedTuple):
@@ -189,31 +189,16 @@ def _validate(args: dict) -> None:
         raise SyntheticError(f"{negative[0]} must not be negative, got {regime[negative[0]]}")
 
 
-def _prepare_out_dir(out: Path, arguments: dict) -> None:
-    """Refuse foreign non-empty folders; clear what an earlier run owned; mark the folder."""
-    if out.exists() and not out.is_dir():
-        raise SyntheticError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        marker = out / MARKER_NAME
-        try:
-            owned = json.loads(marker.read_text()).get("generator") == GENERATOR_ID
-        except (OSError, ValueError, AttributeError):
-            owned = False
-        if not owned:
-            raise SyntheticError(f"{out} is not empty and is not a synthetic CAS(ME)^3 output "
-                                 f"(no {MARKER_NAME}): refusing to write into it")
-        for name in OWNED_ENTRIES:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / MARKER_NAME, {"generator": GENERATOR_ID, "complete": False, "arguments": arguments})
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def _claim(out: Path, args: dict, overwrite: bool) -> util.RunRecord:
+    """The output folder's run record, saved with `complete` false, once what an earlier run of
+    the generator wrote there is removed (a folder of other arguments only with `overwrite`)."""
+    owns = RAW_ENTRIES if args["raw_release"] else PREPARED_ENTRIES
+    record = util.claim_folder(out, TOOL, args, owns, overwrite)
+    if not overwrite:  # the same arguments: the same entries (with overwrite, claim_folder lists the old run's)
+        record.stale = record.owned_entries()
+    record.complete = False
+    record.save()
+    return record
 
 
 def _other_order(rng: np.random.Generator, lines: list[str]) -> list[str]:
@@ -292,7 +277,7 @@ def generate_dataset(out_dir: str | Path, seed: int = 0, n_subjects: int = 10,
                      pool_only_subjects: int = 2, image_size: int = 72, n_classes: int = 4,
                      apex_equals_onset_share: float = 0.05, label_noise: float = 0.1, depth_bits: int = 8,
                      regime: Regime = Regime(), motion_compensation: bool = False,
-                     raw_release: bool = False) -> dict:
+                     raw_release: bool = False, overwrite: bool = False) -> dict:
     """Write a synthetic CAS(ME)^3-like dataset under ``out_dir`` and return a summary.
 
     Labeled: ``n_subjects * samples_per_subject`` samples with heavy-tailed per-subject counts (at
@@ -304,13 +289,15 @@ def generate_dataset(out_dir: str | Path, seed: int = 0, n_subjects: int = 10,
     (``depth_bits``). ``regime`` sets the nuisances; ``motion_compensation`` registers the two
     frames of every pair before differencing. With ``raw_release`` the same pairs are written as
     the frames and annotation sheet of a raw release instead (`raw_release.write_release`; neither
-    ``motion_compensation`` nor ``depth_bits`` 16 applies there).
+    ``motion_compensation`` nor ``depth_bits`` 16 applies there). ``overwrite`` lets a folder
+    generated with other arguments be generated again (see the module docstring).
 
     Returns a JSON-able dict: arguments, subjects, labeled counts (total, per class, per subject,
     apex == onset, label noise), pool counts (pairs, with motion, noise only; in the prepared
     layout also the intensity threshold that best separates them and what it keeps, in a raw
-    release the pairs per part), the largest AU displacement in pixels, and ``seconds``. Raises
-    ``SyntheticError`` for bad arguments or a non-empty folder that is not a synthetic output.
+    release the pairs per part), the largest AU displacement in pixels, and ``seconds``; the run
+    record's details hold the same summary without ``seconds``. Raises ``SyntheticError`` for bad
+    arguments, `util.UserError` for a folder the generator may not write into.
     """
     start = time.perf_counter()
     args = dict(seed=seed, n_subjects=n_subjects, samples_per_subject=samples_per_subject,
@@ -320,7 +307,7 @@ def generate_dataset(out_dir: str | Path, seed: int = 0, n_subjects: int = 10,
                 motion_compensation=motion_compensation, raw_release=raw_release)
     _validate(args)
     out = Path(out_dir)
-    _prepare_out_dir(out, args)
+    record = _claim(out, args, overwrite)
     rng = np.random.default_rng([seed, 0])
     numbers, labeled_numbers, plans = _plan(args, rng)
     if raw_release:
@@ -328,7 +315,7 @@ def generate_dataset(out_dir: str | Path, seed: int = 0, n_subjects: int = 10,
     else:
         written = _write_prepared(out, args, rng, labeled_numbers, plans)
     summary = {**_summary(args, labeled_numbers, numbers, plans), **written}
-    _write_json(out / MARKER_NAME, {"generator": GENERATOR_ID, "complete": True, **summary})
+    record.finish(**summary)
     summary["seconds"] = round(time.perf_counter() - start, 3)
     return summary
 

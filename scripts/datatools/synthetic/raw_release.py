@@ -39,7 +39,7 @@ import numpy as np
 
 from dataset import DEFAULT_CLASS_NAMES, file_subject, make_key
 from scripts.datatools.casme3.annotations import EMOTION_TO_CLASS
-from scripts.datatools.casme3.report import write_csv
+from scripts.datatools.common.report import write_csv
 from scripts.datatools.fake_release import (ANNOTATION_NAME, video_folders, write_annotation, write_depth_frame,
                                             write_rgb_frame)
 from scripts.datatools.synthetic.face import AU_NAMES, Subject, make_subject

@@ -13,10 +13,14 @@ Lengths in pixels are stated at 72 px (`render.REFERENCE_SIZE`) and scale with t
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable
+
+from util import NON_NEGATIVE, PROBABILITY
 
 
-def _knob(default: float, help_text: str) -> float:
-    return field(default=default, metadata={"help": help_text})
+def _knob(default: float, help_text: str, kind: Callable[[str], Any] = NON_NEGATIVE) -> float:
+    """A field with its help text and its flag's type (`util` range types: NON_NEGATIVE, PROBABILITY)."""
+    return field(default=default, metadata={"help": help_text, "type": kind})
 
 
 @dataclass(frozen=True)
@@ -30,10 +34,10 @@ class Regime:
     head_roll_deg: float = _knob(0.06, "std of the head roll between onset and apex, degrees")
     head_dz_mm: float = _knob(0.3, "std of the head movement along the optical axis between onset and apex, mm")
     blink_rate: float = _knob(0.0, "share of pairs, of every class and of the pool, with a blink between onset "
-                                    "and apex (eyes closing or opening)")
+                                    "and apex (eyes closing or opening)", PROBABILITY)
     amplitude: float = _knob(1.0, "scale of every facial action's amplitude (1: about 1 px at 72 px)")
     low_intensity_share: float = _knob(0.4, "share of pool pairs without facial action (noise, head motion and "
-                                            "blinks only)")
+                                            "blinks only)", PROBABILITY)
 
 
 REGIMES: dict[str, Regime] = {
@@ -52,6 +56,11 @@ def knob_names() -> list[str]:
 def knob_help(name: str) -> str:
     """The help text of field `name`."""
     return next(f.metadata["help"] for f in fields(Regime) if f.name == name)
+
+
+def knob_type(name: str) -> Callable[[str], Any]:
+    """The argparse type of field `name`'s flag: the range its values must lie in."""
+    return next(f.metadata["type"] for f in fields(Regime) if f.name == name)
 
 
 def make_regime(name: str, **overrides: float | None) -> Regime:

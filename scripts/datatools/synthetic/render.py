@@ -10,10 +10,10 @@ sparse random dropouts. How large the pose, the head motion and the actions are,
 blink joins them, is the dataset's `Regime`; with motion compensation the two frames are
 registered (`scripts.datatools.registration`) before they are differenced and measured.
 
-Differences are encoded by `dataset.encode_difference` with `dataset.RGB_GAIN` (RGB, frames in
-0..255) and `dataset.DEPTH_GAIN[bits]` (depth, frames in mm); the grey view is
-`dataset.encode_gray_difference` of the RGB frames' difference (luma of apex minus luma of onset,
-one 8-bit channel). The depth difference is a plain subtraction, so a hole in one frame only makes
+Differences are encoded by `common.format.encode_difference` with `dataset.RGB_GAIN` (RGB, frames
+in 0..255) and `dataset.DEPTH_GAIN[bits]` (depth, frames in mm); the grey view is
+`common.format.encode_gray_difference` of the RGB frames' difference (luma of apex minus luma of
+onset, one 8-bit channel). The depth difference is a plain subtraction, so a hole in one frame only makes
 a saturated pixel, as in the real frames.
 
 `render_pair_frames` gives the two frames themselves and the conditions they were rendered under,
@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dataset import DEPTH_GAIN, LUMA_WEIGHTS, RGB_GAIN, encode_difference, encode_gray_difference
+from dataset import DEPTH_GAIN, LUMA_WEIGHTS, RGB_GAIN
+from scripts.datatools.common.format import encode_difference, encode_gray_difference
 from scripts.datatools.registration import compensate, estimate_motion
 from scripts.datatools.synthetic.face import AU_NAMES, Subject
 from scripts.datatools.synthetic.regime import Regime
@@ -163,7 +164,7 @@ def _blink(seed: int, subject: int, stream: int, rate: float) -> float:
 def _luma(rgb: np.ndarray) -> np.ndarray:
     """(S, S) float32 luma of an (S, S, 3) RGB frame, for registration only.
 
-    Not `dataset.luma` (float64): ECC's estimate moves with the last bit of its input, and the
+    Not `common.format.luma` (float64): ECC's estimate moves with the last bit of its input, and the
     motion-compensated data of docs/synthetic-data.md were made with this float32 product.
     """
     return rgb.astype(np.float32) @ np.asarray(LUMA_WEIGHTS, np.float32)

@@ -1,0 +1,170 @@
+"""The evaluation scripts' command line: every flag the engine reads (`add_eval_args`, with each
+script's defaults), and `resolve`, the one place where defaults that depend on the checkpoint
+(architecture, input size, normalisation) are filled in."""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+import dataset
+import util
+from models import MODEL_NAMES
+from models.pretrained import NORMALISATION, EncoderSpec, load_encoder_spec
+
+from . import runs
+
+LOSSES = ("crossentropy", "focal", "balanced", "cosine")
+SCHEDULES = ("cosine", "step", "none")
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Per-script defaults of the shared flags."""
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    weight_decay: float
+    freeze_encoder: bool
+    optimizer: str = "sgd"
+    layer: int = 5
+
+
+def add_eval_args(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
+    """Every flag the engine reads, with the script's `defaults`; the scripts add only their own."""
+    group = parser.add_argument_group("encoder")
+    group.add_argument("--model_path", type=str, required=True,
+                       help="pre-training checkpoint (ours or the published DVSCL/CMC format), or 'none' "
+                            "for a randomly initialised encoder (the baseline). --image_size and the "
+                            "normalisation flags default to the values the checkpoint was pre-trained with")
+    group.add_argument("--model", type=str, default=None, choices=MODEL_NAMES,
+                       help="architecture; default: the checkpoint's (alexnet with --model_path none). "
+                            "Disagreeing with the checkpoint is an error")
+    group.add_argument("--feat_dim", type=int, default=None,
+                       help="embedding size; default: the checkpoint's (128 with --model_path none)")
+    group.add_argument("--layer", type=int, default=defaults.layer,
+                       help="encoder layer whose pooled features feed the linear head: alexnet conv1..5 = "
+                            "1..5, fc6 = 6, fc7 = 7, embedding = 8; resnet stem = 1, stages 2..5, pooled = 6, "
+                            "embedding = 7")
+    group = parser.add_argument_group("encoder training")
+    group.add_argument("--freeze_encoder", dest="freeze_encoder", action="store_const", const=True,
+                       default=defaults.freeze_encoder,
+                       help="train only the linear head; the encoder stays in eval mode and is checked unchanged")
+    group.add_argument("--fine_tune", dest="freeze_encoder", action="store_const", const=False,
+                       help="train the encoder too (at --learning_rate x --encoder_lr_mult)")
+    group.add_argument("--encoder_lr_mult", type=util.NON_NEGATIVE, default=0.1,
+                       help="when fine-tuning: encoder learning rate = --learning_rate x this")
+    group.add_argument("--lp_epochs", type=util.NON_NEGATIVE_INT, default=0,
+                       help="LP-FT: when fine-tuning, train the head alone on the frozen encoder for this many epochs "
+                            "first, then everything for --epochs (0: fine-tune from the start)")
+    group = parser.add_argument_group("training (a fixed budget: no epoch or model is chosen on test data)")
+    group.add_argument("--epochs", type=int, default=defaults.epochs)
+    group.add_argument("--batch_size", "--batchsize", dest="batch_size", type=int, default=defaults.batch_size)
+    group.add_argument("--learning_rate", type=float, default=defaults.learning_rate, help="head learning rate")
+    group.add_argument("--no_head_bn", dest="head_bn", action="store_false",
+                       help="no BatchNorm (without affine parameters) standardising the features before the "
+                            "linear head; without it the probe depends on the scale of the features")
+    group.add_argument("--bn_stats", choices=("training_set", "running"), default="training_set",
+                       help="batch-norm statistics at test time: training_set re-estimates, after the last epoch, "
+                            "the mean and variance of every batch norm that trained (the head's, and the "
+                            "encoder's when fine-tuned) over the training samples under the test transform; "
+                            "running keeps PyTorch's running averages, which after the few dozen steps of a "
+                            "small labeled set still carry their start at mean 0 / variance 1 "
+                            "(docs/evaluation-recipe.md)")
+    group.add_argument("--optimizer", choices=("sgd", "adam"), default=defaults.optimizer)
+    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    group.add_argument("--weight_decay", type=float, default=defaults.weight_decay)
+    group.add_argument("--lr_schedule", choices=SCHEDULES, default="cosine",
+                       help="per-epoch schedule: cosine to zero, step decays, or constant")
+    group.add_argument("--lr_decay_epochs", type=str, default="",
+                       help="with --lr_schedule step: epochs after which the lr is multiplied by --lr_decay_rate")
+    group.add_argument("--lr_decay_rate", type=float, default=0.1)
+    group.add_argument("--lossfunction", choices=LOSSES, default="crossentropy",
+                       help="balanced = cross-entropy weighted by inverse class frequency of the training split; "
+                            "cosine = 1 - cosine of the logits and the one-hot label (the published option)")
+    group.add_argument("--attention", choices=("none", "att"), default="none",
+                       help="att: channel and spatial attention on each view's map before pooling and the linear "
+                            "layer (the published head; ResNet conv layers 1..5 only)")
+    group.add_argument("--focal_gamma", type=float, default=2.0, help="gamma of --lossfunction focal")
+    group.add_argument("--augment", dest="augment", action="store_const", const=True, default=None,
+                       help="train on augmented images (random crop, flip, jitter) re-encoded every epoch; "
+                            "default: on when the encoder is fine-tuned, off when it is frozen (then features "
+                            "are extracted once)")
+    group.add_argument("--no_augment", dest="augment", action="store_const", const=False,
+                       help="train on the deterministic test transform")
+    group.add_argument("--n_label", type=int, default=None,
+                       help="number of classes; default: largest label in the lists + 1")
+    group.add_argument("--seed", type=int, default=0, help="seed of head init, batch order, augmentation "
+                       "(and of the encoder with --model_path none)")
+    util.process_only(group.add_argument("--seeds", type=int, default=1,
+                                         help="repeat the whole protocol with seeds SEED..SEED+N-1; results give mean"
+                                              " and std"))
+    util.process_only(group.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N"))
+    util.add_amp_args(group)
+    group = parser.add_argument_group("output")
+    util.process_only(group.add_argument("--save_path", type=str, default="runs/eval",
+                                         help="run folders (unit results, predictions.csv, results.json, log) go here"))
+    util.process_only(group.add_argument("--tb_path", type=str, default=None,
+                                         help="TensorBoard files go to TB_PATH/<run name>_<8 hex digits naming "
+                                              "the run folder>; default SAVE_PATH/<run name>/tb"))
+    util.process_only(group.add_argument("--run_name", type=str, default=None,
+                                         help="run folder name; default derived from the settings (not from "
+                                              "--subjects, so processes sharing subjects write one run)"))
+    util.process_only(group.add_argument("--aggregate_only", action="store_true",
+                                         help="train nothing: recompute results.json from the unit files of the run "
+                                              "folder; an error naming them while units of the run are missing"))
+    util.process_only(group.add_argument("--shard", type=runs.parse_shard, default="",
+                                         help="I/N: run only shard I (0-based, 0 <= I < N) of the units (LOSO "
+                                              "subjects after --subjects, or k-fold folds), dealt round robin in "
+                                              "subName.txt / fold order, and write only their unit files (pool them "
+                                              "with --aggregate_only). A unit's result does not depend on its shard. "
+                                              "'auto': I/N from RANK/WORLD_SIZE (torchrun), else "
+                                              "SLURM_PROCID/SLURM_NTASKS (srun), each process on cuda:<local rank> "
+                                              "when CUDA is available and --device is auto or cuda; no process group "
+                                              "is formed"))
+    util.process_only(group.add_argument("--no_progress", action="store_true", help="no progress bars"))
+    dataset.add_data_args(parser, views=("RGB_D", "RGB_gray", "RGB"))
+    parser.set_defaults(image_size=None, **{k: None for k in NORMALISATION})
+    dataset.add_augment_args(parser, crop_low=0.8, jitter=0.0, grayscale_p=0.0)
+
+
+def resolve(args: argparse.Namespace) -> EncoderSpec:
+    """Load the encoder spec and resolve the defaults that depend on it (in place); validate.
+
+    `--image_size` and the normalisation statistics default to the checkpoint's pre-training
+    values (224 and the data layer's defaults without them).
+    """
+    if args.epochs < 1:
+        raise util.UserError(f"--epochs {args.epochs}: must be at least 1")
+    if args.batch_size < 2:
+        raise util.UserError(f"--batch_size {args.batch_size}: must be at least 2 (batch norm)")
+    if args.seeds < 1:
+        raise util.UserError(f"--seeds {args.seeds}: must be at least 1")
+    if args.n_label is not None and args.n_label < 2:
+        raise util.UserError(f"--n_label {args.n_label}: must be at least 2")
+    util.check_numbers(args, positive=("learning_rate",),
+                       non_negative=("momentum", "weight_decay", "focal_gamma"))
+    args.lr_decay_epochs = util.parse_int_list(args.lr_decay_epochs)
+    spec = load_encoder_spec(args.model_path, args.model, args.feat_dim)
+    args.model, args.feat_dim, args.checkpoint_sha1 = spec.name, spec.feat_dim, spec.digest
+    layers = 8 if spec.name == "alexnet" else 7
+    if not 1 <= args.layer <= layers:
+        raise util.UserError(f"--layer {args.layer}: {spec.name} has layers 1..{layers}")
+    if args.attention == "att" and (spec.name == "alexnet" or args.layer > 5):
+        raise util.UserError(f"--attention att --layer {args.layer}: attention needs a ResNet conv map "
+                             f"(--layer 1..5); {spec.name} layer {args.layer} has none")
+    if args.image_size is None:
+        args.image_size = spec.image_size or 224
+    data_defaults = argparse.ArgumentParser()
+    dataset.add_data_args(data_defaults)
+    for key in NORMALISATION:
+        if getattr(args, key) is None:
+            setattr(args, key, spec.normalisation.get(key, data_defaults.get_default(key)))
+    if spec.view and args.view != "RGB" and spec.view != args.view:
+        print(f"warning: {spec.source} was pre-trained with --view {spec.view}, evaluated with --view {args.view}: "
+              "its second encoder meets another kind of image", file=sys.stderr)
+    dataset.finish_data_args(args)
+    if args.augment is None:
+        args.augment = not args.freeze_encoder
+    args.seed_list = [args.seed + i for i in range(args.seeds)]
+    return spec
