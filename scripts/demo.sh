@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole pipeline on synthetic data, in 15-25 minutes on 2 CPU cores: scripts/compare.sh on
+# The whole pipeline on synthetic data, in about 25 minutes on 2 CPU cores: scripts/compare.sh on
 # the default synthetic dataset with one seed.
 #   1. a synthetic CAS(ME)^3-like dataset: 10 subjects with about 10 labeled pairs each, as
 #      CAS(ME)^3 (943 labeled samples over 95 subjects), and a pool of 600 unlabeled pairs

@@ -10,7 +10,7 @@ predictions, as the LOSO scripts report them, once per inverse regularisation st
     python scripts/pixel_baseline.py --data_folder out/demo/default/data [--size 16] [--C 0.01 0.1 1]
 
 A baseline that an encoder's frozen features do not beat says more about the features than about
-the labels: docs/evaluation-recipe.md has the synthetic data's numbers.
+the labels: docs/findings/realistic-regime.md has the synthetic data's numbers.
 """
 from __future__ import annotations
 

@@ -165,7 +165,7 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     """(S, S) float32 luma of an (S, S, 3) RGB frame, for registration only.
 
     Not `common.format.luma` (float64): ECC's estimate moves with the last bit of its input, and the
-    motion-compensated data of docs/synthetic-data.md were made with this float32 product.
+    motion-compensated data of docs/findings/realistic-regime.md were made with this float32 product.
     """
     return rgb.astype(np.float32) @ np.asarray(LUMA_WEIGHTS, np.float32)
 
