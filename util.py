@@ -257,7 +257,7 @@ def settings_difference(there: dict, here: dict, shown: int = 4) -> str:
     return text + (f"; and {len(differ) - shown} more" if len(differ) > shown else "")
 
 
-def claim_folder(folder: str | Path, tool: str, settings: dict, owns: Sequence[str], overwrite: bool = False,
+def claim_folder(folder: str | Path, tool: str, settings: dict, owns: Sequence[str], overwrite: bool | None = False,
                  details: dict | None = None, may_change: Sequence[str] = ()) -> RunRecord:
     """Check that `folder` may hold this run, and return its record, not yet saved: call `save`
     once every other check has passed, so that a refused command leaves the folder as it was.
@@ -289,7 +289,7 @@ def claim_folder(folder: str | Path, tool: str, settings: dict, owns: Sequence[s
         record.stale = old.owned_entries()
     elif differ:
         raise UserError(f"{old.path}: this folder holds a run of other settings ({differ}); pass another "
-                        "folder, or --overwrite to replace it")
+                        "folder" + ("" if overwrite is None else ", or --overwrite to replace it"))
     else:
         record.complete, record.details = old.complete, {**old.details, **record.details}
     return record

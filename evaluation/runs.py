@@ -101,7 +101,7 @@ class RunFolder:
     def claim(self, tool: str, settings: dict, details: dict) -> util.RunRecord:
         """The run record, checked (a folder of another tool or of other settings is refused in one
         line) and saved; a folder of the same settings keeps its finished units."""
-        record = util.claim_folder(self.root, tool, settings, RUN_OWNS, details=details)
+        record = util.claim_folder(self.root, tool, settings, RUN_OWNS, overwrite=None, details=details)
         record.complete = False
         record.save()
         return record
