@@ -104,9 +104,9 @@ def probe(args: argparse.Namespace, run: engine.EvaluationRun, seed: int,
           fold: engine.Unit) -> tuple[Classifier, np.ndarray, list[dict]]:
     """Train a fresh head on the other folds and predict `fold`; returns the classifier, its
     predictions and the per-epoch history."""
-    inputs = run.inputs(seed, fold)
-    model = engine.set_model(args, run.start(seed), inputs, run.protocol.n_classes)
-    training = engine.set_optimizer(args, model, inputs, run.protocol.n_classes, args.epochs)
+    inputs, start = run.inputs(seed, fold), run.start(seed)
+    model = engine.set_model(args, start, inputs, run.protocol.n_classes)
+    training = engine.set_optimizer(args, model, start, inputs, run.protocol.n_classes, args.epochs)
     history = [{"epoch": epoch, **engine.train(epoch, inputs, model, training, args)}
                for epoch in range(1, args.epochs + 1)]
     engine.reestimate_batch_norm(args, model, inputs)

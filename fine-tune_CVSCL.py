@@ -4,7 +4,10 @@
         model = set_model(...)                         # a copy of the encoder, a fresh linear head
         for frozen, epochs in phases:                  # LP-FT: the head alone first (--lp_epochs)
             training = set_optimizer(...)
-            for epoch in 1..epochs: train(epoch, ...)  # one epoch; the optimizer step is in there
+            for epoch in 1..epochs:
+                train(epoch, ...)                      # one epoch; the optimizer step is in there
+                validate(...)                          # with --val_subjects: held-out training subjects
+        best.restore(model)                            # early stopping: the best validation epoch
         reestimate_batch_norm(...); predict(...)       # the subject's test samples
     aggregate                                          # UF1, UAR of all subjects' predictions pooled
 
@@ -116,14 +119,19 @@ def fine_tune(args: argparse.Namespace, run: engine.EvaluationRun, seed: int,
               subject: engine.Unit) -> tuple[Classifier, np.ndarray, list[dict]]:
     """Train a fresh classifier on the other subjects and predict `subject`'s test samples; returns
     the classifier, its predictions and the per-epoch history."""
-    inputs = run.inputs(seed, subject)
-    model = engine.set_model(args, run.start(seed), inputs, run.protocol.n_classes)
-    history = []
+    inputs, start = run.inputs(seed, subject), run.start(seed)
+    model = engine.set_model(args, start, inputs, run.protocol.n_classes)
+    history, best = [], engine.BestEpoch()
     for frozen, epochs in phases(args):
         model.set_frozen(frozen)
-        training = engine.set_optimizer(args, model, inputs, run.protocol.n_classes, epochs)
+        training = engine.set_optimizer(args, model, start, inputs, run.protocol.n_classes, epochs)
         for epoch in range(1, epochs + 1):
             history.append({"epoch": len(history) + 1, **engine.train(epoch, inputs, model, training, args)})
+            history[-1].update(engine.validate(args, model, inputs))
+            best.offer(history[-1], model)
+    kept = best.restore(model)
+    if kept is not None:
+        history[kept - 1]["kept"] = True
     engine.reestimate_batch_norm(args, model, inputs)
     return model, engine.predict(args, model, inputs), history
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 import dataset
 import util
-from models import TwoViewEncoder
+from models import TwoViewEncoder, build_model
 from models.LinearModel import AttentionHead, Classifier, FeatureExtractor, make_head
 from models.pretrained import EncoderSpec
 
@@ -42,9 +42,11 @@ def unit_seed(seed: int, unit: str) -> int:
 @dataclass
 class StartingPoint:
     """The encoder every unit of one seed starts from (never trained: units train copies), and,
-    when units train heads on frozen features, those features (N, D) of every store sample."""
+    when units train heads on frozen features, those features (N, D) of every store sample; with
+    `--lr_by_norm`, the norm of each parameter of a fresh random init of the architecture."""
     encoder: TwoViewEncoder
     features: Tensor | None = None
+    fresh_norms: dict[str, float] | None = None
 
 
 def uses_cached_features(args: argparse.Namespace) -> bool:
@@ -89,18 +91,16 @@ class Inputs:
                  train: np.ndarray, test: np.ndarray, seed: int) -> None:
         self.data, self.features, self.name = data, start.features, f"seed{seed}/{unit}"
         self.batch_size, self.augment = args.batch_size, args.augment
-        self.train_index, self.test_index = torch.as_tensor(train), torch.as_tensor(test)
         self.seed = unit_seed(seed, unit)
+        train, validation = hold_out_subjects(train, [s.subject for s in data.store.samples], args.val_subjects,
+                                              self.seed)
+        self.train_index, self.test_index = torch.as_tensor(train), torch.as_tensor(test)
+        self.val_index = torch.as_tensor(validation)
         self.generator = torch.Generator().manual_seed(self.seed)
 
     @property
     def device(self) -> torch.device:
         return self.data.device
-
-    @property
-    def train_labels(self) -> Tensor:
-        """(N_train,) on the device."""
-        return self.data.labels[self.train_index.to(self.device)]
 
     def _fetch(self, host_index: Tensor, device_index: Tensor, train: bool) -> Tensor:
         if self.features is not None:
@@ -123,11 +123,31 @@ class Inputs:
             begin, stop = stop, stop + len(batch)
             yield self._fetch(epoch_index[begin:stop], on_device[begin:stop], True), targets[begin:stop]
 
+    def labels(self, which: str) -> Tensor:
+        """(N,) labels of the `which` ('train', 'val' or 'test') samples, on the device."""
+        return self.data.labels[self._index(which).to(self.device)]
+
+    def _index(self, which: str) -> Tensor:
+        return {"train": self.train_index, "val": self.val_index, "test": self.test_index}[which]
+
     def plain(self, which: str) -> Iterator[Tensor]:
-        """The `which` ('train' or 'test') samples in order, in batches, under the test transform."""
-        index = self.train_index if which == "train" else self.test_index
+        """The `which` ('train', 'val' or 'test') samples in order, in batches, under the test transform."""
+        index = self._index(which)
         for batch in dataset.iterate_batches(len(index), self.batch_size, False, False):
             yield self._fetch(index[batch], index[batch].to(self.device), False)
+
+
+def hold_out_subjects(train: np.ndarray, subjects: list[str], count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`train` (N,) store indices split into (training, validation): the validation part holds every
+    sample of `count` of their subjects (`subjects[i]` is store sample i's), drawn from `seed`."""
+    if count == 0:
+        return train, train[:0]
+    present = sorted({subjects[i] for i in train})
+    if count >= len(present):
+        raise util.UserError(f"--val_subjects {count}: a unit trains on {len(present)} subjects; hold out fewer")
+    held = set(np.random.default_rng(seed).choice(present, size=count, replace=False).tolist())
+    is_held = np.array([subjects[i] in held for i in train], dtype=bool)
+    return train[~is_held], train[is_held]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,28 +213,59 @@ def lr_factor(epoch: int, epochs: int, args: argparse.Namespace) -> float:
 
 @dataclass
 class Training:
-    """One training phase of a unit: its loss, optimizer, gradient scaler and length in epochs."""
+    """One training phase of a unit: its loss, optimizer, gradient scaler and length in epochs,
+    and with `--l2sp` the encoder's parameters paired with their starting values."""
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     epochs: int
+    anchors: list[tuple[Tensor, Tensor]]
 
 
-def set_optimizer(args: argparse.Namespace, model: Classifier, inputs: Inputs, n_classes: int,
+def encoder_layer(name: str) -> int:
+    """The encoder layer, counted as `--layer` counts, that the parameter `name` (a key of the
+    dual-view encoder: `<view half>.<block>...`) belongs to: alexnet conv_block_k and fc6..8 by
+    their number; resnet conv1/bn1 1, layerK K + 1, fc 7."""
+    block = name.split(".")[1]
+    if block.startswith("conv_block_"):
+        return int(block.rsplit("_", 1)[1])
+    if block.startswith("layer"):
+        return int(block[len("layer"):]) + 1
+    return {"conv1": 1, "bn1": 1, "fc": 7}.get(block) or int(block[len("fc"):])
+
+
+def encoder_groups(args: argparse.Namespace, model: Classifier, start: StartingPoint) -> list[dict]:
+    """Parameter groups of a fine-tuned encoder, one per tensor, each at `encoder_lr_mult` times
+    `layer_decay` ** (layers below `--layer`) and, with `--lr_by_norm`, (norm / fresh norm) ** 2:
+    a weight feeding a batch norm learns at an effective rate of lr / norm ** 2."""
+    groups = []
+    for name, param in model.extractor.encoder.named_parameters():
+        mult = args.encoder_lr_mult * args.layer_decay ** max(0, args.layer - encoder_layer(name))
+        if args.lr_by_norm and param.dim() > 1:
+            mult *= (float(param.detach().norm()) / start.fresh_norms[name]) ** 2
+        groups.append({"params": [param], "lr_mult": mult, "encoder": True,
+                       "weight_decay": 0.0 if args.l2sp else args.weight_decay})
+    return groups
+
+
+def set_optimizer(args: argparse.Namespace, model: Classifier, start: StartingPoint, inputs: Inputs, n_classes: int,
                   epochs: int) -> Training:
-    """SGD (or Adam) over the head, plus the encoder at `lr * encoder_lr_mult` when it trains, for
+    """SGD (or Adam) over the head, plus the encoder when it trains (`encoder_groups`), for
     `epochs` epochs of the per-epoch schedule; each group keeps its `base_lr` for the schedule."""
-    groups = [{"params": list(model.head.parameters()), "lr_mult": 1.0}]
-    if model.extractor is not None and not model.frozen and args.encoder_lr_mult > 0:
-        groups.append({"params": list(model.extractor.parameters()), "lr_mult": args.encoder_lr_mult})
+    groups = [{"params": list(model.head.parameters()), "lr_mult": 1.0, "encoder": False}]
+    fine_tuned = model.extractor is not None and not model.frozen and args.encoder_lr_mult > 0
+    if fine_tuned:
+        groups += encoder_groups(args, model, start)
     for group in groups:
         group["base_lr"] = group["lr"] = args.learning_rate * group["lr_mult"]
     if args.optimizer == "adam":
         optimizer = torch.optim.Adam(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
     else:
         optimizer = util.sgd(groups, lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay)
-    criterion = make_criterion(args.lossfunction, inputs.train_labels, n_classes, args.focal_gamma)
-    return Training(criterion.to(inputs.device), optimizer, util.grad_scaler(args, inputs.device), epochs)
+    criterion = make_criterion(args.lossfunction, inputs.labels("train"), n_classes, args.focal_gamma)
+    anchors = [(p, p.detach().clone()) for p in model.extractor.encoder.parameters()] if fine_tuned and args.l2sp \
+        else []
+    return Training(criterion.to(inputs.device), optimizer, util.grad_scaler(args, inputs.device), epochs, anchors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,17 +277,21 @@ def train(epoch: int, inputs: Inputs, model: Classifier, training: Training, arg
     loss, training accuracy and learning rate. Per-step values stay on the device until the epoch
     ends: a read-back would synchronise every step."""
     optimizer = training.optimizer
+    warmup = min(1.0, epoch / (args.warmup_epochs + 1))
     for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] * lr_factor(epoch - 1, training.epochs, args)
+        group["lr"] = group["base_lr"] * lr_factor(epoch - 1, training.epochs, args) * (
+            warmup if group["encoder"] else 1.0)
     lr = optimizer.param_groups[0]["lr"]
-    model.train()
+    set_train_mode(args, model)
     losses, sizes, logits_seen, targets = [], [], [], []
     for x, target in inputs.train_epoch():
         with util.autocast(inputs.device.type, args.amp, args.opt_level):
             logits = model(x).float()
         loss = training.criterion(logits, target)
+        penalty = sum(((p - p0) ** 2).sum() for p, p0 in training.anchors) * (args.l2sp / 2) if training.anchors \
+            else 0.0
         optimizer.zero_grad(set_to_none=True)
-        training.scaler.scale(loss).backward()
+        training.scaler.scale(loss + penalty).backward()
         training.scaler.step(optimizer)
         training.scaler.update()
         losses.append(loss.detach())
@@ -248,6 +303,51 @@ def train(epoch: int, inputs: Inputs, model: Classifier, training: Training, arg
         raise util.UserError(non_finite_message(epoch, inputs, args))
     train_acc = (torch.cat(logits_seen).argmax(1) == torch.cat(targets)).float().mean().item()
     return {"loss": mean_loss, "train_acc": train_acc, "lr": lr}
+
+
+def set_train_mode(args: argparse.Namespace, model: Classifier) -> None:
+    """Training mode, with the encoder's batch norms kept in eval mode (their statistics frozen)
+    under `--encoder_bn frozen`."""
+    model.train()
+    if args.encoder_bn == "frozen" and model.extractor is not None:
+        for module in model.extractor.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+@torch.no_grad()
+def validate(args: argparse.Namespace, model: Classifier, inputs: Inputs) -> dict:
+    """{'val_uar': UAR of the unit's validation subjects} under the test transform; {} without
+    `--val_subjects`."""
+    if not len(inputs.val_index):
+        return {}
+    model.eval()
+    predictions = []
+    for x in inputs.plain("val"):
+        with util.autocast(inputs.device.type, args.amp, args.opt_level):
+            predictions.append(model(x).float().argmax(1).cpu())
+    labels = inputs.labels("val").cpu().numpy()
+    return {"val_uar": metrics.compute_metrics(labels, torch.cat(predictions).numpy(), int(labels.max()) + 1)["uar"]}
+
+
+class BestEpoch:
+    """Early stopping: keeps the weights of the epoch of highest validation UAR (the first of ties);
+    without validation, the last epoch's."""
+
+    def __init__(self) -> None:
+        self.best: tuple[float, int, dict] | None = None
+
+    def offer(self, epoch: dict, model: Classifier) -> None:
+        """`epoch` is the history line just trained (with `val_uar` when there is validation)."""
+        if "val_uar" in epoch and (self.best is None or epoch["val_uar"] > self.best[0]):
+            self.best = (epoch["val_uar"], epoch["epoch"], copy.deepcopy(model.state_dict()))
+
+    def restore(self, model: Classifier) -> int | None:
+        """Load the best epoch's weights; returns that epoch (None: the last epoch stays)."""
+        if self.best is None:
+            return None
+        model.load_state_dict(self.best[2])
+        return self.best[1]
 
 
 def non_finite_message(epoch: int, inputs: Inputs, args: argparse.Namespace) -> str:
@@ -274,7 +374,7 @@ def reestimate_batch_norm(args: argparse.Namespace, model: Classifier, inputs: I
     """
     if args.bn_stats != "training_set":
         return
-    model.train()
+    set_train_mode(args, model)
     norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.training]
     momenta = [m.momentum for m in norms]
     for norm in norms:
@@ -405,6 +505,10 @@ class EvaluationRun:
         key = seed if self.spec.state is None else -1
         if key not in self.starts:
             start = StartingPoint(self.spec.build(seed).requires_grad_(False))
+            if self.args.lr_by_norm:
+                with torch.random.fork_rng():
+                    fresh = build_model(self.spec.name, self.spec.feat_dim)
+                start.fresh_norms = {name: float(p.detach().norm()) for name, p in fresh.named_parameters()}
             if uses_cached_features(self.args):
                 start.features = extract_features(self.args, start, self.data)
                 self.log(f"extracted {tuple(start.features.shape)} features once "
@@ -428,6 +532,8 @@ class EvaluationRun:
                   "labels": [s.label for s in samples], "dbtypes": [s.dbtype for s in samples],
                   "predictions": predictions.tolist(), "history": history,
                   "seconds": round(time.time() - self.begin, 3)}
+        if model.extractor is not None and not self.args.freeze_encoder:
+            record["encoder_change"] = encoder_change(model.extractor.encoder, self.start(seed).encoder)
         for epoch in history:
             for name in ("loss", "train_acc", "lr"):
                 self.writer.add_scalar(f"seed{seed}/{unit.name}/{name}", epoch[name], epoch["epoch"])
@@ -456,6 +562,22 @@ class EvaluationRun:
         finally:
             self.writer.close()
             self.log.close()
+
+
+@torch.no_grad()
+def encoder_change(trained: nn.Module, start: nn.Module) -> dict:
+    """How far fine-tuning moved the encoder: ||w - w0|| / ||w0|| over all its weights ('all') and
+    per layer (as `--layer` counts), from the starting weights w0."""
+    start_params = dict(start.named_parameters())
+    moved: dict[int, list[float]] = {}
+    for name, param in trained.named_parameters():
+        before = start_params[name].to(param.device)
+        moved.setdefault(encoder_layer(name), [0.0, 0.0])
+        moved[encoder_layer(name)][0] += float(((param - before) ** 2).sum())
+        moved[encoder_layer(name)][1] += float((before ** 2).sum())
+    total = [sum(v[i] for v in moved.values()) for i in (0, 1)]
+    return {"all": (total[0] / total[1]) ** 0.5,
+            "layers": {str(k): (v[0] / v[1]) ** 0.5 for k, v in sorted(moved.items()) if v[1] > 0}}
 
 
 @torch.no_grad()

@@ -190,6 +190,7 @@ def aggregate(folder: RunFolder, record: util.RunRecord, units: Sequence[str] | 
                 **_seed_mean(_per_seed([r for r in rows if r.dbtype == db], n_classes)),
                 "dbtype": db, "n_samples": len({r.sample for r in rows if r.dbtype == db})}
             for db in databases}
+    results["diagnostics"] = training_diagnostics(records)
     results.update({"n_samples": len({r.sample for r in rows}), "seeds": per_seed, kind: units,
                     "class_names": info["class_names"], "classes_present": pooled["classes_present"],
                     "confusion": pooled["confusion"], "complete": not missing, "missing": missing,
@@ -204,6 +205,17 @@ def aggregate(folder: RunFolder, record: util.RunRecord, units: Sequence[str] | 
         for metric in ("acc", "uf1", "uar"):
             writer.add_scalar(f"pooled/{metric}", results[metric], len(done))
     return results
+
+
+def training_diagnostics(records: Sequence[dict]) -> dict:
+    """Means over the units of the final training loss and, for fine-tuned encoders, of the
+    encoder's relative weight change ||w - w0|| / ||w0||: a fine-tuning that under-trains shows a
+    high loss, one that forgets what pre-training learned a large change."""
+    out = {"final_train_loss": float(np.mean([r["history"][-1]["loss"] for r in records]))}
+    changes = [r["encoder_change"]["all"] for r in records if "encoder_change" in r]
+    if changes:
+        out["encoder_change"] = float(np.mean(changes))
+    return out
 
 
 def _per_seed(rows: Sequence[Prediction], n_classes: int) -> dict[str, dict]:

@@ -57,6 +57,25 @@ def add_eval_args(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
     group.add_argument("--lp_epochs", type=util.NON_NEGATIVE_INT, default=0,
                        help="LP-FT: when fine-tuning, train the head alone on the frozen encoder for this many epochs "
                             "first, then everything for --epochs (0: fine-tune from the start)")
+    group.add_argument("--warmup_epochs", type=util.NON_NEGATIVE_INT, default=0,
+                       help="when fine-tuning: the encoder's learning rate rises linearly over this many first epochs "
+                            "(0: off)")
+    group.add_argument("--layer_decay", type=util.SHARE, default=1.0,
+                       help="when fine-tuning: layer-wise learning-rate decay, an encoder layer k layers below --layer "
+                            "trains at this**k of the encoder's rate (1: off)")
+    group.add_argument("--l2sp", type=util.NON_NEGATIVE, default=0.0,
+                       help="when fine-tuning: decay the encoder's weights towards its starting weights with this "
+                            "strength (L2-SP) instead of towards zero with --weight_decay (0: off)")
+    group.add_argument("--lr_by_norm", action="store_true",
+                       help="when fine-tuning: scale each encoder weight's learning rate by (its norm / a fresh "
+                            "init's)^2, undoing the slower effective rate of a weight that grew in pre-training and "
+                            "feeds a batch norm")
+    group.add_argument("--encoder_bn", choices=("train", "frozen"), default="train",
+                       help="when fine-tuning: train updates the encoder's batch-norm statistics, frozen keeps the "
+                            "starting encoder's")
+    group.add_argument("--val_subjects", type=util.NON_NEGATIVE_INT, default=0,
+                       help="early stopping: hold out this many of a unit's training subjects (never its test "
+                            "subject) and keep the epoch of best validation UAR (0: off, the last epoch)")
     group = parser.add_argument_group("training (a fixed budget: no epoch or model is chosen on test data)")
     group.add_argument("--epochs", type=int, default=defaults.epochs)
     group.add_argument("--batch_size", "--batchsize", dest="batch_size", type=int, default=defaults.batch_size)

@@ -15,6 +15,7 @@ predictions (predictions.csv). The encoders' rows get their UAR interval in the 
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import sys
@@ -193,21 +194,21 @@ def format_table(rows: list[list[str]]) -> str:
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser("results_table.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", metavar="LABEL=PATH[,PATH...]")
-    parser.add_argument("--baseline", metavar="TEXT", default=None,
-                        help="label field of the baseline rows (e.g. 'random init'): add paired differences "
-                             "with 95 %% bootstrap intervals (default: none)")
-    parser.add_argument("--plot", metavar="PNG", type=Path, default=None,
-                        help="with --baseline: write a forest plot of every row's UAR and difference (default: none)")
-    args = parser.parse_args(argv)
-    if args.plot is not None and args.baseline is None:
-        parser.error("--plot needs --baseline")
-    rows = [parse_row(spec) for spec in args.runs]
-    if args.baseline is None:
-        print(format_table([cells for row in rows for cells in table_rows(row)]))
-        return
+def diagnostics_table(rows: list[Row]) -> str:
+    """Per row, the mean over its runs of each run's mean final training loss and encoder weight
+    change (results.json's `diagnostics`); '-' where a run has none (a frozen encoder)."""
+    lines = [["", "final train loss", "encoder change"]]
+    for row in rows:
+        found = [run.get("diagnostics", {}) for run in row.runs]
+        lines.append([row.label, *(f"{np.mean([d[key] for d in found]):.3f}" if all(key in d for d in found) else "-"
+                                   for key in ("final_train_loss", "encoder_change"))])
+    widths = [max(len(line[i]) for line in lines) for i in range(3)]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+                     for line in lines)
+
+
+def print_comparison(rows: list[Row], args: argparse.Namespace) -> None:
+    """The table with each row's paired difference to its baseline, and the forest plot with --plot."""
     comparisons = compare(rows, args.baseline)
     lines = []
     for comparison in comparisons:
@@ -220,6 +221,29 @@ def main(argv: list[str] | None = None) -> None:
     if args.plot is not None:
         plot_comparison([(c.row.label, c.own["uar"], c.difference["uar"] if c.difference else None)
                          for c in comparisons], args.baseline, args.plot)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser("results_table.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", metavar="LABEL=PATH[,PATH...]")
+    parser.add_argument("--baseline", metavar="TEXT", default=None,
+                        help="label field of the baseline rows (e.g. 'random init'): add paired differences "
+                             "with 95 %% bootstrap intervals (default: none)")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="add each row's mean final training loss and, fine-tuned, the encoder's mean relative "
+                             "weight change ||w - w0|| / ||w0|| (default: off)")
+    parser.add_argument("--plot", metavar="PNG", type=Path, default=None,
+                        help="with --baseline: write a forest plot of every row's UAR and difference (default: none)")
+    args = parser.parse_args(argv)
+    if args.plot is not None and args.baseline is None:
+        parser.error("--plot needs --baseline")
+    rows = [parse_row(spec) for spec in args.runs]
+    if args.baseline is None:
+        print(format_table([cells for row in rows for cells in table_rows(row)]))
+    else:
+        print_comparison(rows, args)
+    if args.diagnostics:
+        print("\ntraining (means over units, then over runs)\n" + diagnostics_table(rows))
 
 
 if __name__ == "__main__":
