@@ -85,7 +85,7 @@ folder, datasets, image_size, epochs, pretrain_flags, eval_flags = sys.argv[1:]
 settings = {"datasets": datasets, "image_size": int(image_size), "pretrain_epochs": int(epochs),
             "pretrain_flags": pretrain_flags, "eval_flags": eval_flags}
 util.run_cli(lambda: util.claim_folder(folder, "scripts/compare.sh", settings,
-                                       ("logs", "results_table.txt", "comparison.png")).save())
+                                       ("logs", "results_table.txt", "comparison.png"), overwrite=None).save())
 EOF
 mkdir -p "$logs"
 

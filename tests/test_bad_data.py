@@ -13,12 +13,12 @@ import pytest
 
 import dataset
 import util
-from test_bad_input import fails
-from test_evaluation import loso_args, one_thread  # noqa: F401  (one_thread: an autouse fixture)
-from test_pretrain import pool, run_args  # noqa: F401  (pool is a fixture)
+from helpers import fails, loso_args, run_args
 
 pretrain = util.load_script("pre-train_CVSCL.py")
 finetune = util.load_script("fine-tune_CVSCL.py")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -11,23 +11,10 @@ import pytest
 import torch
 
 import util
-from test_evaluation import loso_args, save_checkpoint
-from test_pretrain import pool, run_args  # noqa: F401  (pool is a fixture)
+from helpers import fails, loso_args, run_args, save_checkpoint
 
 pretrain = util.load_script("pre-train_CVSCL.py")
 finetune = util.load_script("fine-tune_CVSCL.py")
-
-
-def fails(main, argv: list[str], capsys) -> str:
-    """Run `main(argv)` as its CLI does; assert exit code 2 and one error line, the last on stderr
-    (warnings may come before it); return that line."""
-    with pytest.raises(SystemExit) as exit_info:
-        util.run_cli(lambda: main(argv))
-    assert exit_info.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error: ") or ": error: " in line]
-    assert len(errors) == 1 and lines[-1] == errors[0], lines
-    return errors[0]
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -109,6 +96,7 @@ def test_failed_save_keeps_the_previous_file(tmp_path: Path, monkeypatch) -> Non
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
 
 
+@pytest.mark.slow
 def test_resume_removes_stale_temporaries_and_logs_each_epoch_once(pool: Path, tmp_path: Path, capsys) -> None:
     """A run killed inside a save leaves a temporary file; one killed between a checkpoint and its
     log line lacks that line; one killed after logging an epoch whose checkpoint it never saved has
@@ -144,6 +132,7 @@ def test_evaluation_tensorboard_files_go_to_a_per_run_folder(synthetic_data: Pat
 # A pre-training run's identity: no run silently overwrites another
 
 
+@pytest.mark.slow
 def test_runs_differing_in_seed_or_exclusion_keep_their_own_folders(pool: Path, tmp_path: Path) -> None:
     base = run_args(pool, tmp_path, "--epochs", "1")
     folders = [pretrain.main([*base, "--seed", "0"]), pretrain.main([*base, "--seed", "1"]),

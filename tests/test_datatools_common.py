@@ -20,7 +20,7 @@ from scripts.datatools import fake_release
 from scripts.datatools.casme3.images import depth_difference
 from scripts.datatools.common import crop, format as fmt, frames, sheets
 from scripts.datatools.megc2019 import fake as fake_megc
-from test_bad_input import fails
+from helpers import corrupt_middle, fails
 
 PROG = Path(sys.argv[0]).name  # what argparse calls a tool run in this process
 SPLIT_ROW = ("spNO.1-a-9-spNO.1-a-5,spNO1,0,0,{x}/negative/spNO.1-a-9-spNO.1-a-5_diff.png,"
@@ -156,10 +156,7 @@ def test_a_number_out_of_its_flags_range_is_one_usage_line(main: Callable, argv:
                                                            capsys: pytest.CaptureFixture) -> None:
     required = {prepare_casme3.main: ["--root", "r", "--annotation", "a.csv", "--out", "o"],
                 prepare_megc2019.main: ["--smic", "s", "--out", "o"], make_synthetic_casme3.main: ["--out", "o"]}
-    with pytest.raises(SystemExit) as exit_info:
-        main([*required[main], *argv])
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.splitlines() == [f"{PROG}: error: {message} (see {PROG} --help)"]
+    assert fails(main, [*required[main], *argv], capsys) == f"{PROG}: error: {message} (see {PROG} --help)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,13 +194,6 @@ def test_a_sheet_is_read_under_the_header_its_columns_name(tmp_path: Path) -> No
     with pytest.raises(util.UserError) as error:
         sheets.read_sheet(latin, ("Subject",))
     assert str(error.value) == f"{latin}:3: byte 0xe9 is not UTF-8 (save the file as UTF-8)"
-
-
-def corrupt_middle(data: bytes) -> bytes:
-    """A JPEG's bytes with 16 in the middle of its entropy-coded data overwritten by restart markers:
-    as long as before, its end marker kept, but its data corrupt (libjpeg warns and decodes it)."""
-    middle = (data.index(b"\xff\xda") + len(data)) // 2
-    return data[:middle] + b"\xff\xd0" * 8 + data[middle + 16:]
 
 
 def jpeg_bytes(tmp_path: Path) -> bytes:

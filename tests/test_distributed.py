@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models import build_model
 from NCE import ContrastMemory, collectives
-from test_pretrain import cli, pool, run_args  # noqa: F401  (pool is a fixture)
+from helpers import pretrain_cli, run_args
 import util
 from util import REPO_ROOT, UserError
 
@@ -139,6 +139,7 @@ def _helper_worker(rank: int, rendezvous: str, out_dir: str) -> None:
     util.destroy()
 
 
+@pytest.mark.slow
 def test_two_process_helpers_and_banks(tmp_path: Path) -> None:
     mp.spawn(_helper_worker, args=(f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=WORLD)
     ranks = [load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
@@ -204,6 +205,7 @@ def _pretrain_worker(rank: int, port: int, argv: list[str], out: Path) -> None:
     pretrain.main(argv)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_on_the_same_global_batch(pool: Path, tmp_path: Path, monkeypatch):
     two, one = tmp_path / "two", tmp_path / "one"
     two.mkdir()
@@ -239,6 +241,7 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(pool: Path, tm
 # Resuming under torchrun
 
 
+@pytest.mark.slow
 def test_resume_under_torchrun_is_exact_and_any_world_size_continues(pool: Path, tmp_path: Path):
     straight, resumed, single = tmp_path / "straight", tmp_path / "resumed", tmp_path / "single"
     argv = ["--batch_size", "4", "--epochs", "3"]
@@ -257,7 +260,7 @@ def test_resume_under_torchrun_is_exact_and_any_world_size_continues(pool: Path,
         for key, value in a[part].items():
             assert torch.equal(value, b[part][key]), f"{part}.{key}"
 
-    result = cli(*run_args(pool, single, *argv, "--resume", str(stopped)))
+    result = pretrain_cli(*run_args(pool, single, *argv, "--resume", str(stopped)))
     assert result.returncode == 0, result.stderr
     assert "random states of 2 processes, this run has 1: every process reseeded" in result.stdout
     assert load(only_run(single / "models") / "last.pth")["epoch"] == 3

@@ -19,32 +19,14 @@ import dataset
 from evaluation import engine, metrics, runs
 from models import MODEL_NAMES, LinearModel, build_model
 from models.pretrained import load_encoder_spec
-from util import REPO_ROOT, UserError, run_cli
+from helpers import fails, loso_args, probe_args, save_checkpoint
+from util import REPO_ROOT, UserError
 import util
 
 finetune = util.load_script("fine-tune_CVSCL.py")
 linear_probe = util.load_script("LinearProbing_CVSCL_10fold.py")
 
-FAST = ["--image_size", "64", "--num_workers", "0", "--batch_size", "16", "--no_progress"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine run fastest on one intra-op thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def loso_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["--data_folder", str(data), "--model_path", "none", "--save_path", str(out), "--epochs", "1",
-            *FAST, *extra]
-
-
-def probe_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["--data_folder", str(data), "--model_path", "none", "--save_path", str(out), "--epochs", "3",
-            "--folds", "3", *FAST, *extra]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_folder(out: Path) -> Path:
@@ -65,34 +47,6 @@ def unit_records(folder: Path) -> dict[str, dict]:
 def metrics_of(results: dict) -> dict:
     keys = ("acc", "uf1", "uar", "n_samples", "per_subject", "folds", "confusion", "seeds", "complete")
     return {k: results[k] for k in keys if k in results}
-
-
-def save_checkpoint(path: Path, model: str, published: bool) -> dict[str, torch.Tensor]:
-    """A checkpoint of a freshly initialised encoder, in our format or the published one
-    (`encoder.module.` keys, a pickled Namespace under `opt`). Returns the clean state dict."""
-    torch.manual_seed(1)
-    state = build_model(model, feat_dim=16).state_dict()
-    if published:
-        ckpt = {"model": {f"encoder.module.{k}": v for k, v in state.items()}, "epoch": 3,
-                "opt": argparse.Namespace(model=model, feat_dim=16, nce_k=16, softmax=True),
-                "contrast": {"params": torch.tensor([16.0, 0.07, -1.0, 0.5])}}
-    else:
-        ckpt = {"format": "dvscl-pretrain-1", "model": state, "epoch": 3,
-                "args": {"model": model, "feat_dim": 16, "image_size": 64}}
-    torch.save(ckpt, path)
-    return state
-
-
-def cli_error(main, argv: list[str], capsys) -> str:
-    """Run an entry point as the scripts do; assert exit code 2 and one stderr line; return it."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: main(argv))
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +130,8 @@ def test_frozen_classifier_trains_head_only() -> None:
     model = LinearModel.Classifier(torch.nn.Linear(extractor.out_dim(64), 3), extractor, frozen=True)
     args = argparse.Namespace(learning_rate=0.1, encoder_lr_mult=1.0, optimizer="sgd", momentum=0.9,
                               weight_decay=1e-4, lossfunction="crossentropy", focal_gamma=2.0, amp=False)
-    optimizer = engine.set_optimizer(args, model, FakeInputs(torch.zeros(0)), 3, 2).optimizer
+    optimizer = engine.set_optimizer(args, model, engine.StartingPoint(encoder), FakeInputs(torch.zeros(0)), 3,
+                                     2).optimizer
     assert len(optimizer.param_groups) == 1
     head_before = model.head.weight.clone()
     model.train()
@@ -199,7 +154,9 @@ class FakeInputs:
 
     def __init__(self, train: torch.Tensor, batch_size: int = 4) -> None:
         self.train, self.batch_size, self.device = train, batch_size, torch.device("cpu")
-        self.train_labels = torch.zeros(len(train), dtype=torch.long)
+
+    def labels(self, which: str) -> torch.Tensor:
+        return torch.zeros(len(self.train), dtype=torch.long)
 
     def plain(self, which: str):
         return iter(self.train.split(self.batch_size))
@@ -215,7 +172,7 @@ def test_batch_norm_statistics_are_reestimated_on_the_training_set() -> None:
         for _ in range(20):  # 20 steps of momentum 0.1 keep 0.9 ** 20 = 12 % of the start at variance 1
             model(features)
     assert head[0].running_var.min() > 0.1
-    args = argparse.Namespace(bn_stats="training_set", amp=False, opt_level="O2")
+    args = argparse.Namespace(bn_stats="training_set", encoder_bn="train", amp=False, opt_level="O2")
     engine.reestimate_batch_norm(args, model, FakeInputs(features, batch_size=40))
     assert torch.allclose(head[0].running_mean, features.mean(0), atol=1e-6)
     assert torch.allclose(head[0].running_var, features.var(0), rtol=1e-4)
@@ -230,7 +187,7 @@ def test_batch_norm_reestimation_leaves_a_frozen_encoder_alone(frozen: bool) -> 
     extractor = LinearModel.FeatureExtractor(encoder, 5)
     model = LinearModel.Classifier(LinearModel.make_head(extractor.out_dim(64), 3, True), extractor, frozen=frozen)
     images = torch.randn(6, 4, 64, 64)
-    args = argparse.Namespace(bn_stats="training_set", amp=False, opt_level="O2")
+    args = argparse.Namespace(bn_stats="training_set", encoder_bn="train", amp=False, opt_level="O2")
     engine.reestimate_batch_norm(args, model, FakeInputs(images, batch_size=3))
     assert model.head[0].num_batches_tracked.item() == 2
     if frozen:
@@ -469,6 +426,7 @@ def test_shard_assignment(monkeypatch) -> None:
     assert device(resolved("1/2", RANK="1", WORLD_SIZE="2", LOCAL_RANK="1")) == "cuda"
 
 
+@pytest.mark.slow
 def test_sharded_loso_matches_one_process(synthetic_data: Path, tmp_path: Path, capsys) -> None:
     """Two processes launched as torchrun would (`--shard auto`, RANK/WORLD_SIZE), then the
     aggregate step, give the single-process metrics and predictions; a missing subject is refused."""
@@ -492,7 +450,7 @@ def test_sharded_loso_matches_one_process(synthetic_data: Path, tmp_path: Path, 
     lost = folder / "units" / "seed0" / f"{subjects[1]}.json"
     record = lost.read_text()
     lost.unlink()
-    line = cli_error(finetune.main, loso_args(synthetic_data, sharded, "--aggregate_only"), capsys)
+    line = fails(finetune.main, loso_args(synthetic_data, sharded, "--aggregate_only"), capsys)
     assert line.endswith(f"1 of {len(subjects)} subject(s) not finished ({subjects[1]}); run their shards again "
                          "(finished units are skipped) before aggregating")
     assert not (folder / "results.json").exists()
@@ -561,20 +519,20 @@ def test_loso_decodes_each_image_once(synthetic_data: Path, tmp_path: Path, monk
 def test_bad_inputs(synthetic_data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     subject = dataset.subject_names(synthetic_data / "data")[0]
-    line = cli_error(finetune.main, loso_args(synthetic_data, out, "--subjects", f"{subject},spNO999"), capsys)
+    line = fails(finetune.main, loso_args(synthetic_data, out, "--subjects", f"{subject},spNO999"), capsys)
     assert "subName.txt: unknown subject(s) spNO999" in line
-    line = cli_error(finetune.main, loso_args(synthetic_data, out, "--layer", "9"), capsys)
+    line = fails(finetune.main, loso_args(synthetic_data, out, "--layer", "9"), capsys)
     assert line == "error: --layer 9: alexnet has layers 1..8"
     resnet = tmp_path / "resnet.pth"
     save_checkpoint(resnet, "resnet18v1", published=True)
     argv = loso_args(synthetic_data, out, "--model", "alexnet")
     argv[argv.index("--model_path") + 1] = str(resnet)
-    assert "resnet.pth: checkpoint holds a resnet18v1 encoder" in cli_error(finetune.main, argv, capsys)
+    assert "resnet.pth: checkpoint holds a resnet18v1 encoder" in fails(finetune.main, argv, capsys)
     broken = tmp_path / "broken"
     shutil.copytree(synthetic_data, broken)
     subject = dataset.subject_names(broken / "data")[1]
     (broken / "data" / "v_depth" / f"{subject}_test.txt").unlink()
-    line = cli_error(finetune.main, loso_args(broken, out), capsys)
+    line = fails(finetune.main, loso_args(broken, out), capsys)
     assert line.endswith(f"v_depth/{subject}_test.txt: list file not found")
     leaky = tmp_path / "leaky"
     shutil.copytree(synthetic_data, leaky)
@@ -585,12 +543,13 @@ def test_bad_inputs(synthetic_data: Path, tmp_path: Path, capsys) -> None:
                if dataset.sample_key(line.split()[0]) == key]
         with (lists / f"{subject}_train.txt").open("a") as f:
             f.write(own[0] + "\n")
-    line = cli_error(finetune.main, loso_args(leaky, out), capsys)
+    line = fails(finetune.main, loso_args(leaky, out), capsys)
     assert f"1 training sample(s) of the test subject {subject}" in line
-    line = cli_error(linear_probe.main, probe_args(synthetic_data, out, "--folds", "9"), capsys)
+    line = fails(linear_probe.main, probe_args(synthetic_data, out, "--folds", "9"), capsys)
     assert "only 5 subjects" in line
 
 
+@pytest.mark.slow
 def test_entry_scripts_from_any_directory(synthetic_data: Path, tmp_path: Path) -> None:
     for script in ("fine-tune_CVSCL.py", "LinearProbing_CVSCL_10fold.py"):
         done = subprocess.run([sys.executable, str(REPO_ROOT / script), "--help"], cwd=tmp_path,
@@ -652,10 +611,10 @@ def test_lp_ft_trains_the_head_alone_first(synthetic_data: Path, tmp_path: Path,
     phases = []
     real_set_optimizer = engine.set_optimizer
 
-    def recording_set_optimizer(args, model, inputs, n_classes, epochs):
+    def recording_set_optimizer(args, model, start, inputs, n_classes, epochs):
         encoder = model.extractor.encoder
         phases.append((model.frozen, epochs, {k: v.clone() for k, v in encoder.state_dict().items()}))
-        return real_set_optimizer(args, model, inputs, n_classes, epochs)
+        return real_set_optimizer(args, model, start, inputs, n_classes, epochs)
 
     monkeypatch.setattr(engine, "set_optimizer", recording_set_optimizer)
     finetune.main(loso_args(synthetic_data, tmp_path, "--lp_epochs", "2", "--subjects", "spNO59"))

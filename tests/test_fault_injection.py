@@ -37,12 +37,14 @@ from typing import Any
 
 import pytest
 import torch
-from test_pretrain import cli, pool, run_args  # noqa: F401  (pool is a fixture)
 
 import util
+from helpers import pretrain_cli, run_args
 from util import REPO_ROOT
 
 pretrain = util.load_script("pre-train_CVSCL.py")
+
+pytestmark = pytest.mark.slow  # a reference run and four sequences of killed and resumed runs
 
 EPOCHS = 6
 FLAGS = ("--epochs", str(EPOCHS), "--save_freq", "1", "--last_interval", "0", "--seed", "15")
@@ -414,7 +416,7 @@ def next_command(base: list[str], run: Path, result: SequenceResult) -> tuple[li
     numbered = numbered_checkpoints(run)
     if numbered:
         if result.fresh_refused is None:
-            refused = cli(*base)
+            refused = pretrain_cli(*base)
             result.fresh_refused = f"rc {refused.returncode}: {refused.stderr.strip().splitlines()[-1:]}"
         newest = f"ckpt_epoch_{numbered[-1]}.pth"
         return [*base, "--resume", str(run / newest)], newest
@@ -485,7 +487,7 @@ def kill_sequence(name: str, kills: list[Kill], base: list[str], out: Path, time
 
 
 @pytest.fixture(scope="module")
-def campaign(pool: Path, tmp_path_factory: pytest.TempPathFactory) -> Campaign:  # noqa: F811
+def campaign(pool: Path, tmp_path_factory: pytest.TempPathFactory) -> Campaign:
     began = time.monotonic()
     out = tmp_path_factory.mktemp("fault_injection")
     reference_base = run_args(pool, out / "reference", *FLAGS)

@@ -39,7 +39,7 @@ from models.LinearModel import Classifier
 import util
 from models import build_model
 from NCE import ContrastMemory, NCECriterion, NCESoftmaxLoss
-import test_pretrain
+from helpers import run_args
 from scripts import bench_gpu
 from util import REPO_ROOT
 
@@ -95,9 +95,9 @@ def placed() -> list[str]:
 
 
 def pretrain_args(data: Path, out: Path, *extra: str) -> list[str]:
-    """The CPU tests' small pre-training flags (`test_pretrain.run_args`) with K below the
+    """The CPU tests' small pre-training flags (`helpers.run_args`) with K below the
     synthetic pool's 24 pairs, then `extra`."""
-    return test_pretrain.run_args(data, out, "--nce_k", "16", *extra)
+    return run_args(data, out, "--nce_k", "16", *extra)
 
 
 def pool_samples(data: Path) -> list[dataset.Sample]:

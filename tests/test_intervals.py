@@ -116,6 +116,7 @@ def _write_run(folder: Path, predictions: list[np.ndarray], labels: list[np.ndar
                                                      "seeds": {"0": {}}, "complete": True}))
 
 
+@pytest.mark.slow
 def test_results_table_prints_difference_rows_and_the_figure(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     predictions, labels = _random_run(rng)

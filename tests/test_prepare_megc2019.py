@@ -2,12 +2,8 @@
 the fake releases of `scripts.datatools.megc2019.fake`."""
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +11,13 @@ import pytest
 from PIL import Image
 
 import dataset
-import util
 from scripts import prepare_megc2019 as cli
 from scripts.datatools.megc2019 import databases as db
 from scripts.datatools.megc2019 import fake
 from scripts.datatools.common.sheets import read_sheet
 from scripts.datatools.megc2019.images import apex_image
-from test_datatools_common import corrupt_middle
+from helpers import corrupt_middle, fails, run_megc2019_prepare
 
-REPO = Path(__file__).resolve().parent.parent
 COUNTS = {"smic": {"negative": 2, "positive": 2, "surprise": 1},
           "casme2": {"negative": 4, "positive": 1, "surprise": 1},
           "samm": {"negative": 4, "positive": 1, "surprise": 1}}
@@ -51,40 +45,12 @@ BAD_APEX = {
 LEFT_OUT_WITHOUT_ESTIMATE = LEFT_OUT | {(kind, where, detail) for (_, where, _), (kind, detail) in BAD_APEX.items()}
 
 
-def prepare_argv(releases: fake.FakeReleases, out: Path, *extra: str) -> list[str]:
-    return ["--smic", str(releases.smic), "--casme2", str(releases.casme2), "--samm", str(releases.samm),
-            "--out", str(out), "--image_size", "64", *extra]
-
-
 @pytest.fixture(scope="module")
-def releases(tmp_path_factory: pytest.TempPathFactory) -> fake.FakeReleases:
-    out = tmp_path_factory.mktemp("raw")
-    done = subprocess.run([sys.executable, "scripts/make_fake_megc2019.py", "--out", str(out)], cwd=REPO,
-                          check=True, capture_output=True, text=True)
-    assert done.stdout.split() == ["--smic", str(out / "SMIC"), "--casme2", str(out / "CASME2"),
-                                   "--samm", str(out / "SAMM")]
-    return fake.FakeReleases(out / "SMIC", out / "CASME2", out / "SAMM")
-
-
-def run_prepare(releases: fake.FakeReleases, out: Path, *extra: str) -> tuple[Path, dict, str, str]:
-    """(out folder, summary, stdout, stderr) of the preparation at 64 px with the flags `extra`."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        summary = cli.main(prepare_argv(releases, out, *extra))
-    return out, summary, stdout.getvalue(), stderr.getvalue()
-
-
-@pytest.fixture(scope="module")
-def prepared(releases: fake.FakeReleases, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str, str]:
-    """(out folder, summary, stdout, stderr) of the default preparation (face crop) at 64 px."""
-    return run_prepare(releases, tmp_path_factory.mktemp("prepared") / "megc2019")
-
-
-@pytest.fixture(scope="module")
-def prepared_without_estimate(releases: fake.FakeReleases,
+def prepared_without_estimate(megc2019_releases: fake.FakeReleases,
                               tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str, str]:
-    """As `prepared`, with --no_estimate_bad_apex."""
-    return run_prepare(releases, tmp_path_factory.mktemp("no_estimate") / "megc2019", "--no_estimate_bad_apex")
+    """As `megc2019_prepared` (conftest.py), with --no_estimate_bad_apex."""
+    return run_megc2019_prepare(megc2019_releases, tmp_path_factory.mktemp("no_estimate") / "megc2019",
+                                "--no_estimate_bad_apex")
 
 
 def read_samples(out: Path) -> list[dict[str, str]]:
@@ -96,8 +62,8 @@ def read_samples(out: Path) -> list[dict[str, str]]:
 # Counts, mapping, subjects, lists
 
 
-def test_counts_subjects_and_printed_table(prepared: tuple[Path, dict, str, str]) -> None:
-    out, summary, stdout, _ = prepared
+def test_counts_subjects_and_printed_table(megc2019_prepared: tuple[Path, dict, str, str]) -> None:
+    out, summary, stdout, _ = megc2019_prepared
     assert summary["counts"] == COUNTS and summary["subjects"] == SUBJECTS and summary["samples"] == 17
     assert summary["excluded"] == EXCLUDED
     table = stdout.splitlines()
@@ -109,8 +75,8 @@ def test_counts_subjects_and_printed_table(prepared: tuple[Path, dict, str, str]
     assert (out / "prepare_report.txt").read_text().startswith(stdout)
 
 
-def test_megc2019_mapping(prepared: tuple[Path, dict, str, str]) -> None:
-    samples = read_samples(prepared[0])
+def test_megc2019_mapping(megc2019_prepared: tuple[Path, dict, str, str]) -> None:
+    samples = read_samples(megc2019_prepared[0])
     mapped = {(s["database"], s["emotion"]): s["class"] for s in samples}
     assert mapped == {("smic", "negative"): "negative", ("smic", "positive"): "positive",
                       ("smic", "surprise"): "surprise", ("casme2", "happiness"): "positive",
@@ -127,8 +93,8 @@ def test_megc2019_mapping(prepared: tuple[Path, dict, str, str]) -> None:
                             "samm": {"anger", "contempt", "disgust", "fear", "sadness"}}[database]
 
 
-def test_lists_dbtypes_and_loso_splits(prepared: tuple[Path, dict, str, str]) -> None:
-    out = prepared[0]
+def test_lists_dbtypes_and_loso_splits(megc2019_prepared: tuple[Path, dict, str, str]) -> None:
+    out = megc2019_prepared[0]
     lists = out / "data" / "v_rgb"
     names = (lists / "subName.txt").read_text().split()
     assert names == [s for database in db.DATABASES for s in SUBJECTS[database]]
@@ -149,8 +115,8 @@ def test_lists_dbtypes_and_loso_splits(prepared: tuple[Path, dict, str, str]) ->
     assert db.DBTYPES == {"smic": 1, "casme2": 2, "samm": 3}
 
 
-def test_images_are_signed_rgb_differences(prepared: tuple[Path, dict, str, str]) -> None:
-    out = prepared[0]
+def test_images_are_signed_rgb_differences(megc2019_prepared: tuple[Path, dict, str, str]) -> None:
+    out = megc2019_prepared[0]
     for sample in read_samples(out):
         with Image.open(out / sample["rgb"]) as image:
             assert image.mode == "RGB" and image.size == (64, 64)
@@ -163,8 +129,8 @@ def test_images_are_signed_rgb_differences(prepared: tuple[Path, dict, str, str]
             assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
 
 
-def test_smic_apex_is_estimated(prepared: tuple[Path, dict, str, str]) -> None:
-    samples = read_samples(prepared[0])
+def test_smic_apex_is_estimated(megc2019_prepared: tuple[Path, dict, str, str]) -> None:
+    samples = read_samples(megc2019_prepared[0])
     smic = {s["clip"]: (int(s["apex"]), s["apex_source"], s["apex_reason"]) for s in samples if s["database"] == "smic"}
     assert smic == {clip: (apex, "estimated", "no apex annotation") for clip, apex in fake.SMIC_APEX.items()}
     bad_apex = {clip for clip, _, _ in BAD_APEX}
@@ -172,8 +138,8 @@ def test_smic_apex_is_estimated(prepared: tuple[Path, dict, str, str]) -> None:
     assert len(annotated) == 8 and {(s["apex_source"], s["apex_reason"]) for s in annotated} == {("annotated", "")}
 
 
-def test_bad_sheet_apex_is_estimated_by_default(prepared: tuple[Path, dict, str, str]) -> None:
-    out, summary, stdout, stderr = prepared
+def test_bad_sheet_apex_is_estimated_by_default(megc2019_prepared: tuple[Path, dict, str, str]) -> None:
+    out, summary, stdout, stderr = megc2019_prepared
     samples = {s["clip"]: s for s in read_samples(out)}
     estimated = {clip: (int(samples[clip]["apex"]), samples[clip]["apex_source"], samples[clip]["apex_reason"])
                  for clip, _, _ in BAD_APEX}
@@ -227,8 +193,8 @@ def test_apex_image_blurs_noise() -> None:
 # Anomalies and errors
 
 
-def test_anomalies_are_reported_and_left_out(prepared: tuple[Path, dict, str, str]) -> None:
-    out, summary, _, stderr = prepared
+def test_anomalies_are_reported_and_left_out(megc2019_prepared: tuple[Path, dict, str, str]) -> None:
+    out, summary, _, stderr = megc2019_prepared
     found = {(i["kind"], i["source"], i["detail"]) for i in summary["left_out"]}
     assert len(found) == len(LEFT_OUT)
     for kind, where, detail in LEFT_OUT:
@@ -242,11 +208,12 @@ def test_anomalies_are_reported_and_left_out(prepared: tuple[Path, dict, str, st
     assert "left out (4):" in report and "[duplicate]" in report
 
 
-def test_damaged_frames_are_reported_and_their_clips_left_out(releases: fake.FakeReleases, tmp_path: Path,
-                                                               capfd: pytest.CaptureFixture) -> None:
+def test_damaged_frames_are_reported_and_their_clips_left_out(megc2019_releases: fake.FakeReleases,
+                                                               tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     """A frame with corrupt data inside (its JPEG end marker kept) and a 0-byte onset frame are
     reported and their clips left out, with a warning and no decoder message."""
-    casme2, samm = (Path(shutil.copytree(root, tmp_path / root.name)) for root in (releases.casme2, releases.samm))
+    casme2, samm = (Path(shutil.copytree(root, tmp_path / root.name))
+                    for root in (megc2019_releases.casme2, megc2019_releases.samm))
     apex = casme2 / db.CASME2_FRAMES / "sub01" / "EP02_01f" / "img50.jpg"  # sheet row 2: onset 46, apex 50
     onset = samm / "006" / "006_1_3" / "006_01200.jpg"  # sheet row 16: onset 1200
     apex.write_bytes(corrupt_middle(apex.read_bytes()))
@@ -265,45 +232,38 @@ def test_damaged_frames_are_reported_and_their_clips_left_out(releases: fake.Fak
     assert f"warning: {db.CASME2_SHEET} row 2: {damaged[0][2]}; left out\n" in err and err.count("JPEG") == 1
 
 
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, list[str]]:
-    """Exit code and stderr lines of the script's entry point as `__main__` runs it."""
-    with pytest.raises(SystemExit) as exit_info:
-        util.run_cli(lambda: cli.main(argv))
-    return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
-
-
-def test_corrupt_sheet_is_one_error_line(releases: fake.FakeReleases, tmp_path: Path,
+def test_corrupt_sheet_is_one_error_line(megc2019_releases: fake.FakeReleases, tmp_path: Path,
                                          capsys: pytest.CaptureFixture) -> None:
     corrupt = tmp_path / db.CASME2_SHEET
     corrupt.write_bytes(b"PK\x03\x04 this is not a workbook")
-    code, err = run_cli(["--casme2", str(releases.casme2), "--casme2_sheet", str(corrupt),
-                         "--out", str(tmp_path / "out")], capsys)
-    assert code == 2 and len(err) == 1
-    assert err[0].startswith(f"error: {corrupt}: cannot read the workbook (")
+    line = fails(cli.main, ["--casme2", str(megc2019_releases.casme2), "--casme2_sheet", str(corrupt),
+                            "--out", str(tmp_path / "out")], capsys)
+    assert line.startswith(f"error: {corrupt}: cannot read the workbook (")
 
     no_header = tmp_path / "sheet.csv"
     no_header.write_text("Subject,Filename,Onset,Apex\n1,EP02_01f,46,50\n")
-    code, err = run_cli(["--casme2", str(releases.casme2), "--casme2_sheet", str(no_header),
-                         "--out", str(tmp_path / "out")], capsys)
-    assert code == 2
-    assert err == [f"error: {no_header}: no header row with the columns {', '.join(db.CASME2_COLUMNS)} in the "
-                   f"first 40 rows (closest: row 1, without 'OnsetFrame', 'ApexFrame', 'OffsetFrame', "
-                   f"'Estimated Emotion')"]
+    line = fails(cli.main, ["--casme2", str(megc2019_releases.casme2), "--casme2_sheet", str(no_header),
+                            "--out", str(tmp_path / "out")], capsys)
+    assert line == (f"error: {no_header}: no header row with the columns {', '.join(db.CASME2_COLUMNS)} in the "
+                    f"first 40 rows (closest: row 1, without 'OnsetFrame', 'ApexFrame', 'OffsetFrame', "
+                    f"'Estimated Emotion')")
     assert not (tmp_path / "out" / "data").exists()
 
 
-def test_bad_flags_are_one_error_line(releases: fake.FakeReleases, tmp_path: Path,
+def test_bad_flags_are_one_error_line(megc2019_releases: fake.FakeReleases, tmp_path: Path,
                                       capsys: pytest.CaptureFixture) -> None:
-    assert run_cli(["--out", str(tmp_path / "o")], capsys) == (
-        2, ["error: no database given: pass at least one of --smic, --casme2, --samm"])
-    code, err = run_cli(["--samm", str(releases.samm), "--out", str(releases.samm / "out")], capsys)
-    assert code == 2 and len(err) == 1 and "is inside the input tree --samm" in err[0]
-    code, err = run_cli(["--smic", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")], capsys)
-    assert (code, err) == (2, [f"error: {tmp_path / 'nowhere'}: --smic folder not found"])
+    assert fails(cli.main, ["--out", str(tmp_path / "o")], capsys) == \
+        "error: no database given: pass at least one of --smic, --casme2, --samm"
+    line = fails(cli.main, ["--samm", str(megc2019_releases.samm), "--out", str(megc2019_releases.samm / "out")],
+                 capsys)
+    assert "is inside the input tree --samm" in line
+    assert fails(cli.main, ["--smic", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")], capsys) == \
+        f"error: {tmp_path / 'nowhere'}: --smic folder not found"
 
 
-def test_sheet_header_below_description_rows(releases: fake.FakeReleases) -> None:
-    sheet = read_sheet(releases.samm / db.SAMM_SHEET, ("Subject", "Filename", "Onset Frame", "Estimated Emotion"))
+def test_sheet_header_below_description_rows(megc2019_releases: fake.FakeReleases) -> None:
+    sheet = read_sheet(megc2019_releases.samm / db.SAMM_SHEET,
+                       ("Subject", "Filename", "Onset Frame", "Estimated Emotion"))
     first_row, cells = sheet.rows[0]
     assert first_row == fake.SAMM_PREAMBLE + 2
     assert cells["onsetframe"] == 5562 and cells["estimatedemotion"] == "Anger"

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,42 +10,11 @@ import torch
 from PIL import Image
 
 import dataset
-from util import REPO_ROOT, UserError
+from helpers import pretrain_cli, run_args
+from util import UserError
 import util
 
 pretrain = util.load_script("pre-train_CVSCL.py")
-
-FAST = ["--image_size", "64", "--batch_size", "8", "--nce_k", "32", "--num_workers", "0",
-        "--learning_rate", "0.03", "--print_freq", "1"]
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory) -> Path:
-    """24 random RGB/depth pairs of three subjects, pool lists with intensity, depth list reversed."""
-    root = tmp_path_factory.mktemp("pool")
-    rng = np.random.default_rng(0)
-    rgb_lines, depth_lines = [], []
-    for i in range(24):
-        subject = f"spNO.{1 + i % 3}"
-        stem = f"{subject}-a-{i + 6}-{subject}-a-{i}_diff"
-        Image.fromarray(rng.integers(0, 256, (72, 72, 3), dtype=np.uint8)).save(root / f"{stem}.png")
-        Image.fromarray(rng.integers(0, 256, (72, 72), dtype=np.uint8)).save(root / f"{stem}_depth.png")
-        rgb_lines.append(f"{stem}.png -1 0 {i / 24:.4f}")
-        depth_lines.append(f"{stem}_depth.png -1 0")
-    for view, lines in (("v_rgb", rgb_lines), ("v_depth", depth_lines[::-1])):
-        (root / "data" / view).mkdir(parents=True)
-        (root / "data" / view / "pretrain.txt").write_text("\n".join(lines) + "\n")
-    return root
-
-
-def cli(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO_ROOT / "pre-train_CVSCL.py"), *argv],
-                          capture_output=True, text=True, timeout=600)
-
-
-def run_args(pool: Path, out: Path, *extra: str) -> list[str]:
-    return ["--data_folder", str(pool), "--model_path", str(out / "models"), "--tb_path", str(out / "tb"),
-            *FAST, *extra]
 
 
 @pytest.mark.parametrize("loss", ["nce", "softmax"])
@@ -71,8 +38,9 @@ def test_one_step_trains_both_encoders(pool: Path, tmp_path: Path, loss: str):
             assert not torch.equal(before[key], after[key]), f"{key} did not change"
 
 
+@pytest.mark.slow
 def test_cli_writes_safe_checkpoints_and_logs(pool: Path, tmp_path: Path):
-    result = cli(*run_args(pool, tmp_path, "--epochs", "2", "--save_freq", "1"))
+    result = pretrain_cli(*run_args(pool, tmp_path, "--epochs", "2", "--save_freq", "1"))
     assert result.returncode == 0, result.stderr
     [run] = (tmp_path / "models").iterdir()
     assert run.name == "memory_nce_32_alexnet_lr_0.03_decay_0.0001_bsz_8_view_RGB_D_seed0"
@@ -110,12 +78,13 @@ def test_last_checkpoint_is_saved_every_interval_and_with_numbered_ones(tmp_path
         "ckpt_epoch_2.pth", "ckpt_epoch_4.pth", "ckpt_epoch_5.pth"]
 
 
+@pytest.mark.slow
 def test_resume_is_exact_and_may_extend_the_epochs(pool: Path, tmp_path: Path):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    assert cli(*run_args(pool, straight, "--epochs", "3")).returncode == 0
-    assert cli(*run_args(pool, stopped, "--epochs", "2")).returncode == 0
+    assert pretrain_cli(*run_args(pool, straight, "--epochs", "3")).returncode == 0
+    assert pretrain_cli(*run_args(pool, stopped, "--epochs", "2")).returncode == 0
     [run] = (stopped / "models").iterdir()
-    resumed = cli(*run_args(pool, stopped, "--epochs", "3", "--resume", str(run / "last.pth")))
+    resumed = pretrain_cli(*run_args(pool, stopped, "--epochs", "3", "--resume", str(run / "last.pth")))
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout and "training to epoch 3 (the run was set to 2)" in resumed.stdout
     record = util.read_record(run)
@@ -128,8 +97,9 @@ def test_resume_is_exact_and_may_extend_the_epochs(pool: Path, tmp_path: Path):
         assert torch.equal(a["contrast"][key], b["contrast"][key]), key
 
 
+@pytest.mark.slow
 def test_intensity_threshold_filters_pool(pool: Path, tmp_path: Path):
-    result = cli(*run_args(pool, tmp_path, "--epochs", "1", "--intensity_threshold", "0.5"))
+    result = pretrain_cli(*run_args(pool, tmp_path, "--epochs", "1", "--intensity_threshold", "0.5"))
     assert result.returncode == 0, result.stderr
     assert "kept 12 pairs, dropped 12" in result.stdout
     [run] = (tmp_path / "models").iterdir()
@@ -146,20 +116,21 @@ def test_bad_data_fails_with_one_line(pool: Path, tmp_path: Path, change, messag
     for view in ("v_rgb", "v_depth"):
         (root / "data" / view).mkdir(parents=True)
         (root / "data" / view / "pretrain.txt").write_text("gone.png -1 0\n")
-    result = cli(*run_args(change(root), tmp_path))
+    result = pretrain_cli(*run_args(change(root), tmp_path))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and message in lines[-1]
 
 
+@pytest.mark.slow
 def test_wrong_checkpoint_on_resume(pool: Path, tmp_path: Path):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"garbage")
-    result = cli(*run_args(pool, tmp_path, "--epochs", "1", "--resume", str(bad)))
+    result = pretrain_cli(*run_args(pool, tmp_path, "--epochs", "1", "--resume", str(bad)))
     assert result.returncode == 2 and "bad.pth: not a loadable checkpoint" in result.stderr
     other = tmp_path / "other.pth"
     torch.save({"format": pretrain.CHECKPOINT_FORMAT, "args": {"model": "resnet18v1", "feat_dim": 128}}, other)
-    result = cli(*run_args(pool, tmp_path, "--epochs", "1", "--resume", str(other)))
+    result = pretrain_cli(*run_args(pool, tmp_path, "--epochs", "1", "--resume", str(other)))
     assert result.returncode == 2 and "checkpoint is resnet18v1" in result.stderr
 
 
@@ -250,11 +221,12 @@ def test_resume_loads_a_loss_scale_only_where_both_scalers_work(pool: Path, tmp_
     assert enabled.get_scale() == 8.0
 
 
+@pytest.mark.slow
 def test_cli_loss_falls_on_synthetic_data(synthetic_data: Path, tmp_path: Path):
-    result = cli("--data_folder", str(synthetic_data), "--model_path", str(tmp_path / "models"),
-                 "--tb_path", str(tmp_path / "tb"), "--image_size", "64", "--batch_size", "8",
-                 "--nce_k", "16", "--softmax", "--learning_rate", "0.03", "--num_workers", "0",
-                 "--epochs", "8")
+    result = pretrain_cli("--data_folder", str(synthetic_data), "--model_path", str(tmp_path / "models"),
+                          "--tb_path", str(tmp_path / "tb"), "--image_size", "64", "--batch_size", "8",
+                          "--nce_k", "16", "--softmax", "--learning_rate", "0.03", "--num_workers", "0",
+                          "--epochs", "8")
     assert result.returncode == 0, result.stderr
     [run] = (tmp_path / "models").iterdir()
     losses = [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]

@@ -15,7 +15,7 @@ import dataset
 import util
 from scripts import make_published_split as published
 from scripts.datatools.common.format import write_png
-from test_bad_input import fails
+from helpers import fails
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"

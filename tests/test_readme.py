@@ -12,6 +12,10 @@
 - Every repository file or folder the text names (`scripts/foo.py`, `docs/x.md`,
   `models/LinearModel.py`, top-level `*.py`, `LICENSE`, ...) exists, and every link to a local file
   or heading resolves.
+- Every docstring, comment or other string of the repository's Python files (and every comment of
+  its shell scripts) that names a section of the README or of a doc names one that exists: a
+  Markdown file followed by `#anchor`, by a quoted title (`, "Title"` or ` "Title"`), or, inside
+  parentheses, by a comma and a bare title.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import re
 import runpy
 import shlex
 import sys
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +58,8 @@ LINK = re.compile(r"\]\(([^)\s]+)\)")
 # Files the scripts write into an output folder, which the docs name bare (docs/gpu.md's report).
 OUTPUT_FILES = {"bench_gpu.md"}
 LAUNCHER_WORD = re.compile(r"(^|[\s/;&|(])(python(3(\.\d+)?)?|torchrun|bash|sh)(\s|$)")
+# Folders of outputs and environments, not of the repository.
+SKIPPED_DIRS = {".git", ".venv", "out", "runs", "__pycache__", ".pytest_cache"}
 
 
 @dataclass(frozen=True)
@@ -300,16 +307,23 @@ def github_anchor(heading: str) -> str:
     return text.replace(" ", "-")
 
 
-def anchors(path: Path) -> set[str]:
-    seen: dict[str, int] = {}
-    out = set()
+def headings(path: Path) -> list[str]:
+    """The text of every heading of a Markdown file, outside code blocks, in order."""
+    found = []
     inside = False
     for line in path.read_text().splitlines():
         if FENCE.match(line):
             inside = not inside
-        if inside or not line.startswith("#"):
-            continue
-        anchor = github_anchor(line.lstrip("#"))
+        if not inside and line.startswith("#"):
+            found.append(line.lstrip("#").strip())
+    return found
+
+
+def anchors(path: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    out = set()
+    for heading in headings(path):
+        anchor = github_anchor(heading)
         out.add(anchor if anchor not in seen else f"{anchor}-{seen[anchor]}")
         seen[anchor] = seen.get(anchor, 0) + 1
     return out
@@ -317,10 +331,9 @@ def anchors(path: Path) -> set[str]:
 
 def repository_file_names() -> set[str]:
     """Names of the files and folders in the working tree (outputs and environments left out)."""
-    skip = {".git", ".venv", "out", "runs", "__pycache__", ".pytest_cache"}
     names = set()
     for root, dirs, files in os.walk(REPO):
-        dirs[:] = [d for d in dirs if d not in skip]
+        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS]
         names.update(dirs)
         names.update(files)
     return names
@@ -360,6 +373,93 @@ def test_links_resolve(doc: str) -> None:
             elif fragment and linked.suffix == ".md" and fragment not in anchors(linked):
                 broken.append(f"{doc}:{number}: {target} (no such heading)")
     assert not broken, "broken links:\n  " + "\n  ".join(broken)
+
+
+# A section of a Markdown file named in code: `<file>#<anchor>`, `<file>, "<title>"`, `<file> "<title>"`,
+# `(<file>, <title>)`. The file is a path ending in .md (no URL: nothing may come right before it);
+# a bare title that is itself a file name is a list of files, not a section.
+MD_FILE = r"(?<![\w./:-])(?P<file>(?:[\w.-]+/)*[\w.-]+\.md)"
+SECTION_REFERENCE = re.compile(
+    MD_FILE + r"(?:#(?P<anchor>[\w-]+)"
+    r"|(?:'s)?,?\s+(?:section\s+)?[\"\u201c](?P<title>[^\"\u201d]+)[\"\u201d])")
+BARE_SECTION_REFERENCE = re.compile(r"\(\s*" + MD_FILE + r",\s*(?:section\s+)?(?P<title>[^()\"\u201c;,]+?)\s*\)")
+
+
+def code_texts(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every string (docstrings included) and every run of comment lines of a
+    Python file, or of every run of comment lines of a shell script, whitespace collapsed."""
+    source = path.read_text()
+    found: list[tuple[int, str]] = []
+    comments: list[tuple[int, str]] = []
+    if path.suffix == ".py":
+        found += [(node.lineno, node.value) for node in ast.walk(ast.parse(source))
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+        comments = [(token.start[0], token.string.lstrip("#")) for token in
+                    tokenize.generate_tokens(io.StringIO(source).readline) if token.type == tokenize.COMMENT]
+    else:
+        comments = [(number, line.strip().lstrip("#")) for number, line in enumerate(source.splitlines(), start=1)
+                    if line.strip().startswith("#") and not line.startswith("#!")]
+    for number, text in comments:  # a comment continued on the next line is one text
+        if found and found[-1][0] < 0 and -found[-1][0] + found[-1][1].count("\n") + 1 == number:
+            found[-1] = (found[-1][0], found[-1][1] + "\n" + text)
+        else:
+            found.append((-number, text))
+    return [(abs(number), " ".join(text.split())) for number, text in found]
+
+
+def section_titles(path: Path) -> set[str]:
+    """What a title in code may be, as an anchor: a heading whole, without a trailing
+    parenthesis, or up to its colon."""
+    titles = set()
+    for heading in headings(path):
+        titles |= {github_anchor(heading), github_anchor(re.sub(r"\s*\([^()]*\)$", "", heading)),
+                   github_anchor(heading.split(": ")[0])}
+    return titles
+
+
+def stale_section_references(text: str, source: Path) -> list[str]:
+    """Each section of a Markdown file that `text` (found in `source`) names and that does not exist."""
+    stale = []
+    for match in [*SECTION_REFERENCE.finditer(text), *BARE_SECTION_REFERENCE.finditer(text)]:
+        name, anchor, title = match.group("file"), match.groupdict().get("anchor"), match.group("title")
+        if title is not None and match.re is BARE_SECTION_REFERENCE and re.search(r"\.\w+$|/", title):
+            continue  # a list of files, not a section
+        doc = next((d for d in (REPO / name, source.parent / name) if d.is_file()), None)
+        if doc is None:
+            stale.append(f"{match.group(0)} (no such file)")
+        elif anchor is not None and anchor not in anchors(doc):
+            stale.append(f"{match.group(0)} (no such heading in {doc.relative_to(REPO)})")
+        elif title is not None and github_anchor(title) not in section_titles(doc):
+            stale.append(f"{match.group(0)} (no such section in {doc.relative_to(REPO)})")
+    return stale
+
+
+def code_files() -> list[Path]:
+    """The repository's Python files and shell scripts (the CI entry point included)."""
+    found = []
+    for root, dirs, files in os.walk(REPO):
+        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS)
+        found += [Path(root) / f for f in sorted(files) if f.endswith((".py", ".sh"))]
+    return [*found, REPO / ".ci" / "run"]
+
+
+def test_sections_named_in_code_exist() -> None:
+    stale = [f"{path.relative_to(REPO)}:{number}: {reference}" for path in code_files()
+             for number, text in code_texts(path) for reference in stale_section_references(text, path)]
+    assert not stale, "sections named in code that the docs do not have:\n  " + "\n  ".join(stale)
+
+
+def test_stale_section_references_are_found() -> None:
+    """The checker itself (file names are built here so that this file names no section)."""
+    readme, options = "README" + ".md", "docs/options" + ".md"
+    first, second = headings(REPO / readme)[1:3]
+    good = [f'see {readme}, "{first}"', f"{readme}#{github_anchor(second)}", f"({readme}, {second})",
+            f'{readme} section "{second}"', f"({readme}, {options})", f"https://example.org/{readme}#nothing",
+            f'({options}, "{headings(REPO / options)[1]}")', f"(see {readme})"]
+    assert [stale_section_references(text, REPO / "util.py") for text in good] == [[]] * len(good)
+    bad = [f'see {readme}, "{first} nowhere"', f"{readme}#{github_anchor(second)}-nowhere",
+           f"({readme}, {second} nowhere)", f'docs/no-such-doc{".md"}, "{first}"']
+    assert [len(stale_section_references(text, REPO / "util.py")) for text in bad] == [1] * len(bad)
 
 
 def test_setup_and_test_commands_keep_their_markers() -> None:

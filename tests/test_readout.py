@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import util
+from helpers import fails
 from evaluation.metrics import Resamples
 from models import build_model
 from scripts import make_synthetic_casme3 as generator
@@ -177,12 +178,8 @@ def test_a_checkpoint_sets_the_random_inits_architecture_and_size(release: tuple
 
 
 def one_error(capsys: pytest.CaptureFixture, release: tuple[Path, Path], *argv: str, **kwargs) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        util.run_cli(lambda: run(release, *argv, **kwargs))
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "error: " in lines[0]
-    return lines[0]
+    """The one error line of a read-out with `argv` (`helpers.fails`)."""
+    return fails(lambda args: run(release, *args, **kwargs), list(argv), capsys)
 
 
 def test_ground_truth_without_prepared_samples_is_one_error(release: tuple[Path, Path], tmp_path: Path,

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 import util
-from test_bad_input import fails
-from test_pretrain import pool, run_args  # noqa: F401  (pool is a fixture)
+from helpers import fails, run_args
 
 pretrain = util.load_script("pre-train_CVSCL.py")
 
@@ -73,7 +72,8 @@ def test_unrecorded_files_a_file_path_and_another_tools_entry_are_refused(tmp_pa
     util.claim_folder(tmp_path / "dataset" / "eval", "fine-tune_CVSCL.py", {}, ())  # not an owned entry
 
 
-def test_resume_of_another_runs_checkpoint_is_refused_and_nothing_is_rewritten(pool: Path, tmp_path: Path,  # noqa: F811
+@pytest.mark.slow
+def test_resume_of_another_runs_checkpoint_is_refused_and_nothing_is_rewritten(pool: Path, tmp_path: Path,
                                                                                capsys) -> None:
     base = run_args(pool, tmp_path, "--epochs", "1")
     seed0, seed1 = pretrain.main([*base, "--seed", "0"]), pretrain.main([*base, "--seed", "1"])
@@ -97,7 +97,7 @@ def test_resume_of_another_runs_checkpoint_is_refused_and_nothing_is_rewritten(p
     assert [json.loads(line)["epoch"] for line in (seeded / "log.jsonl").read_text().splitlines()] == [1, 2]
 
 
-def test_two_data_folders_keep_their_tensorboard_files_apart(pool: Path, tmp_path: Path, capsys) -> None:  # noqa: F811
+def test_two_data_folders_keep_their_tensorboard_files_apart(pool: Path, tmp_path: Path, capsys) -> None:
     other = tmp_path / "other_data"
     shutil.copytree(pool, other)
     runs = [pretrain.main(["--data_folder", str(data), "--model_path", str(tmp_path / models),

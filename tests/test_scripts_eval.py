@@ -15,6 +15,7 @@ import util
 from util import REPO_ROOT
 
 
+@pytest.mark.slow
 def test_sweep_two_workers_then_table(synthetic_data: Path, tmp_path: Path) -> None:
     flags = ["--data_folder", str(synthetic_data), "--model_path", "none", "--save_path", str(tmp_path),
              "--epochs", "1", "--image_size", "64", "--num_workers", "0", "--batch_size", "16",
@@ -70,12 +71,14 @@ def _compare(out: Path, datasets: str, python: Path | None = None, **settings: s
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+@pytest.mark.slow
 def test_compare_refuses_a_folder_of_other_settings_and_not_its_own(tmp_path: Path) -> None:
     """Comparisons of the same settings started together (one seed each) all pass the guard; another
     setting is refused with one line naming the run record."""
     out = tmp_path / "out"
+    python = _stub_python(tmp_path / "stub_out")  # written once: rewriting it races the runs executing it
     for _ in range(5):
-        errors = [run.communicate(timeout=120)[1] for run in [_compare(out, "a=") for _ in range(4)]]
+        errors = [run.communicate(timeout=120)[1] for run in [_compare(out, "a=", python) for _ in range(4)]]
         assert all("step 'a_data' failed" in error for error in errors), errors
     assert util.read_record(out).settings["datasets"] == "a="
     assert not [p for p in out.iterdir() if ".tmp." in p.name]
@@ -83,9 +86,10 @@ def test_compare_refuses_a_folder_of_other_settings_and_not_its_own(tmp_path: Pa
     _, error = other.communicate(timeout=120)
     assert other.returncode == 2
     assert error == (f"error: {out}/run.json: this folder holds a run of other settings (--datasets 'a=' there, "
-                     "'b=--regime realistic' here); pass another folder, or --overwrite to replace it\n")
+                     "'b=--regime realistic' here); pass another folder\n")
 
 
+@pytest.mark.slow
 def test_compare_renders_the_data_at_nine_eighths_of_image_size(tmp_path: Path) -> None:
     """IMAGE_SIZE sets the network's input; the data are rendered larger by the demo's 72/64, and a
     dataset's own generator flags come after, so they can override it."""

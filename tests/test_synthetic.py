@@ -294,6 +294,7 @@ def run_script(args: list[str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_cli_runs_from_repo_root(tmp_path: Path) -> None:
     out = tmp_path / "cli"
     args = ["--out", str(out), "--seed", "2", "--subjects", "2", "--samples_per_subject", "3",

@@ -9,19 +9,17 @@ import pytest
 
 import dataset
 import util
-from test_bad_input import fails
-from test_evaluation import loso_args, save_checkpoint
-from test_prepare_megc2019 import prepared, releases  # noqa: F401  (fixtures)
+from helpers import fails, loso_args, save_checkpoint
 
 finetune = util.load_script("fine-tune_CVSCL.py")
 probe = util.load_script("LinearProbing_CVSCL_10fold.py")
 pretrain = util.load_script("pre-train_CVSCL.py")
 
 
-def test_rgb_only_loso_on_megc2019_reports_each_database(prepared, tmp_path: Path) -> None:  # noqa: F811
+def test_rgb_only_loso_on_megc2019_reports_each_database(megc2019_prepared, tmp_path: Path) -> None:
     """The composite lists carry dbtypes 1/2/3 and no second view: LOSO with --view RGB uses the
     RGB half of a dual-view checkpoint and adds per-database figures beside the composite ones."""
-    out = prepared[0]
+    out = megc2019_prepared[0]
     checkpoint = tmp_path / "dual.pth"
     save_checkpoint(checkpoint, "alexnet", published=False)
     results = finetune.main(["--data_folder", str(out), "--model_path", str(checkpoint), "--view", "RGB",
@@ -41,8 +39,8 @@ def test_rgb_only_loso_on_megc2019_reports_each_database(prepared, tmp_path: Pat
     assert "  SMIC-HS" in table and "  SAMM" in table
 
 
-def test_second_view_lists_are_required_by_their_view(prepared, tmp_path: Path, capsys) -> None:  # noqa: F811
-    out = prepared[0]
+def test_second_view_lists_are_required_by_their_view(megc2019_prepared, tmp_path: Path, capsys) -> None:
+    out = megc2019_prepared[0]
     line = fails(finetune.main, ["--data_folder", str(out), "--model_path", "none", "--save_path",
                                  str(tmp_path), "--image_size", "64"], capsys)
     assert "megc2019/data: has v_rgb/ but no v_depth/ for this --view; its lists serve --view RGB" in line
@@ -84,10 +82,7 @@ def test_view_mismatch_is_warned(synthetic_data: Path, tmp_path: Path, capsys) -
 
 
 def test_unknown_view_is_one_argparse_line(synthetic_data: Path, tmp_path: Path, capsys) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        pretrain.parse_option(["--data_folder", str(synthetic_data), "--model_path", "m", "--tb_path", "t",
-                               "--view", "RGB"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err == ("pre-train_CVSCL.py: error: argument --view: invalid choice: 'RGB' (choose from 'RGB_D', "
-                   "'RGB_gray') (see pre-train_CVSCL.py --help)\n")
+    line = fails(pretrain.parse_option, ["--data_folder", str(synthetic_data), "--model_path", "m", "--tb_path", "t",
+                                         "--view", "RGB"], capsys)
+    assert line == ("pre-train_CVSCL.py: error: argument --view: invalid choice: 'RGB' (choose from 'RGB_D', "
+                    "'RGB_gray') (see pre-train_CVSCL.py --help)")
