@@ -52,7 +52,7 @@ def parse_option(argv: list[str] | None = None) -> tuple[argparse.Namespace, opt
     parser.add_argument("--split", choices=("subject", "sample"), default="subject",
                         help="subject: stratified folds with no subject in two folds; sample: sample-level "
                              "stratified folds as the original (subject-leaky, inflated scores)")
-    parser.add_argument("--split_seed", type=int, default=0,
+    parser.add_argument("--split_seed", type=util.SEED, default=0,
                         help="seed of the fold assignment (independent of --seed, so --seeds keeps the folds)")
     options.add_eval_args(parser, DEFAULTS)
     args = parser.parse_args(argv)

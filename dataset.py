@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+import util
 from util import REPO_ROOT, UserError, atomic_write_text, process_only
 
 # ---------------------------------------------------------------------------------------------
@@ -695,7 +696,12 @@ class ImageStore:
             self._decode(range(n), workers, progress)
             return
         cache_dir = Path(cache_dir)
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"--cache_dir {cache_dir}: cannot create it ({err.strerror})") from None
+        if not os.access(cache_dir, os.W_OK):
+            raise UserError(f"--cache_dir {cache_dir}: not writable")
         stem = cache_dir / f"store_{self._fingerprint()}"
         manifest = stem.with_suffix(".json")
         files = {"rgb": (Path(f"{stem}_rgb.npy"), np.dtype(np.uint8), rgb_shape),
@@ -720,9 +726,12 @@ class ImageStore:
             for view, (path, _, _) in files.items():
                 record[view] = {"bytes": tmp[view].stat().st_size, "sha1": _sampled_sha1(tmp[view])}
                 os.replace(tmp[view], path)
-        except BaseException:
+        except BaseException as err:
             for path in tmp.values():
                 path.unlink(missing_ok=True)
+            if isinstance(err, OSError):
+                raise UserError(f"--cache_dir {cache_dir}: could not write the decoded images ({err.strerror})"
+                                ) from None
             raise
         atomic_write_text(manifest, json.dumps({"n": n, "load_size": s, "first": str(self.samples[0].rgb_path),
                                                 "files": record}) + "\n")
@@ -946,13 +955,13 @@ def add_augment_args(parser: argparse.ArgumentParser, crop_low: float, jitter: f
                      grayscale_p: float) -> None:
     """Training-augmentation flags; defaults differ between pre-training and fine-tuning."""
     group = parser.add_argument_group("augmentation")
-    group.add_argument("--crop_low", type=float, default=crop_low,
+    group.add_argument("--crop_low", type=util.SHARE, default=crop_low,
                        help="smallest crop area fraction of the random resized crop (1 = whole image)")
     group.add_argument("--no_flip", action="store_true", help="no random horizontal flips")
-    group.add_argument("--jitter", type=float, default=jitter,
+    group.add_argument("--jitter", type=util.NON_NEGATIVE, default=jitter,
                        help="strength of the per-view jitter of the change around mid-grey (and RGB saturation), "
                             "0 = off")
-    group.add_argument("--grayscale_p", type=float, default=grayscale_p,
+    group.add_argument("--grayscale_p", type=util.PROBABILITY, default=grayscale_p,
                        help="probability of turning the RGB view gray")
 
 
@@ -995,10 +1004,10 @@ def add_data_args(parser: argparse.ArgumentParser, image_size: int = 224,
                                     help="rewrite list paths starting with OLD to start with NEW (repeatable)"))
     group.add_argument("--strict_pairs", action="store_true",
                        help="a sample present in only one view is an error instead of a warning")
-    group.add_argument("--image_size", type=int, default=image_size, help="network input size (>= 64)")
-    group.add_argument("--load_size", type=int, default=None,
+    group.add_argument("--image_size", type=util.POSITIVE_INT, default=image_size, help="network input size (>= 64)")
+    group.add_argument("--load_size", type=util.POSITIVE_INT, default=None,
                        help="size images are decoded to before cropping (default image_size*8/7)")
-    process_only(group.add_argument("--num_workers", type=int, default=2, help="threads decoding images"))
+    process_only(group.add_argument("--num_workers", type=util.NON_NEGATIVE_INT, default=2, help="threads decoding images"))
     process_only(group.add_argument("--cache_dir", type=str, default=None,
                                     help="keep decoded images in memory-mapped files here (reused across runs)"))
     group.add_argument("--rgb_mean", type=float, nargs=3, default=[0.4454, 0.4474, 0.4504])

@@ -47,7 +47,7 @@ def parse_option(argv: list[str] | None = None) -> tuple[argparse.Namespace, opt
         description="Leave-one-subject-out fine-tuning (or, with --freeze_encoder, linear evaluation) of a "
                     "DVSCL encoder. Pooled acc/UF1/UAR over all subjects; results.json in SAVE_PATH/<run name>/. "
                     "Re-running the same command skips finished subjects; split subjects across processes "
-                    "with --shard I/N or --shard auto under torchrun/srun (scripts/sweep_subjects.sh), then "
+                    "with --shard I/N or --shard auto under torchrun/srun (scripts/cluster/sweep_subjects.sh), then "
                     "--aggregate_only, which refuses while subjects are missing.")
     util.process_only(parser.add_argument("--subjects", type=str, default="",
                                           help="comma-separated subjects of subName.txt (e.g. spNO1,spNO7): a "

@@ -42,7 +42,7 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     parser = util.ArgumentParser(
         "pre-train_CVSCL.py", description="DVSCL pre-training on RGB/depth difference-image pairs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    util.process_only(parser.add_argument("--print_freq", type=int, default=10,
+    util.process_only(parser.add_argument("--print_freq", type=util.POSITIVE_INT, default=10,
                                           help="steps between read-backs of the step values from the device: "
                                                "progress-bar updates and the non-finite loss check"))
     util.process_only(parser.add_argument("--save_freq", type=int, default=10,
@@ -53,11 +53,11 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
                                                "epoch; 0 = after every epoch"))
     parser.add_argument("--batch_size", type=int, default=128,
                         help="pairs per process and step; the global batch is this times the number of processes")
-    parser.add_argument("--epochs", type=int, default=240)
-    parser.add_argument("--learning_rate", type=float, default=0.003)
+    parser.add_argument("--epochs", type=int, default=240, help="epochs over the pool")
+    parser.add_argument("--learning_rate", type=float, default=0.003, help="SGD learning rate (per process; see --scale_lr)")
     parser.add_argument("--lr_decay_epochs", type=str, default="160,200", help="epochs after which the lr decays")
-    parser.add_argument("--lr_decay_rate", type=float, default=0.1)
-    parser.add_argument("--weight_decay", type=float, default=1e-4)
+    parser.add_argument("--lr_decay_rate", type=util.POSITIVE, default=0.1, help="factor of each lr decay")
+    parser.add_argument("--weight_decay", type=float, default=1e-4, help="SGD weight decay")
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     parser.add_argument("--scale_lr", action="store_true",
                         help="multiply --learning_rate by the number of processes (linear scaling rule)")
@@ -80,7 +80,7 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     util.process_only(parser.add_argument("--tb_path", type=str, required=True,
                                           help="where TensorBoard run folders go"))
     util.add_amp_args(parser)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=util.SEED, default=0, help="seed of the pool order, augmentation and negatives")
     util.process_only(parser.add_argument("--device", type=str, default="auto",
                                           help="auto, cpu, cuda or cuda:N"))
     parser.add_argument("--intensity_threshold", type=float, default=None,

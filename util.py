@@ -47,7 +47,7 @@ def keep_freed_memory() -> bool:
     By default glibc serves every large block (an activation, a gradient) from a fresh mmap and
     unmaps it when freed, so each training step pays page faults to get the same memory back.
     With mmap off and a 2 GiB trim threshold the blocks are reused (the gain is measured by
-    `scripts/bench_pretrain.py --compare`, see docs/benchmarks.md). Does nothing where the C library
+    `scripts/bench/bench_pretrain.py --compare`, see docs/benchmarks.md). Does nothing where the C library
     is not glibc, or when the user set `MALLOC_MMAP_MAX_` or `MALLOC_TRIM_THRESHOLD_` (their
     values win). Returns whether it changed the settings.
     """
@@ -165,6 +165,11 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a text file atomically (temporary file, then rename)."""
     _atomic_replace(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a binary file atomically (temporary file, then rename)."""
+    _atomic_replace(Path(path), lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -278,9 +278,24 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path, t
         for j in range(k):
             ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
                     color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure as a PNG through a rename; a failed write is one line naming `path`."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        util.atomic_write_bytes(path, _png_bytes(fig))
+    finally:
+        plt.close(fig)
+
+
+def _png_bytes(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
 
 
 def plot_comparison(rows: Sequence[tuple[str, Interval, Interval | None]], baseline: str, path: Path) -> None:
@@ -305,6 +320,4 @@ def plot_comparison(rows: Sequence[tuple[str, Interval, Interval | None]], basel
     left.set_yticks(y, [row[0] for row in rows], fontsize=8)
     left.set_xlabel("UAR (95 % interval)")
     right.set_xlabel(f"UAR minus {baseline} (paired, 95 % interval)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -77,8 +77,9 @@ def add_eval_args(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
                        help="early stopping: hold out this many of a unit's training subjects (never its test "
                             "subject) and keep the epoch of best validation UAR (0: off, the last epoch)")
     group = parser.add_argument_group("training (a fixed budget: no epoch or model is chosen on test data)")
-    group.add_argument("--epochs", type=int, default=defaults.epochs)
-    group.add_argument("--batch_size", "--batchsize", dest="batch_size", type=int, default=defaults.batch_size)
+    group.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs of each unit's training")
+    group.add_argument("--batch_size", "--batchsize", dest="batch_size", type=int, default=defaults.batch_size,
+                       help="samples per step")
     group.add_argument("--learning_rate", type=float, default=defaults.learning_rate, help="head learning rate")
     group.add_argument("--no_head_bn", dest="head_bn", action="store_false",
                        help="no BatchNorm (without affine parameters) standardising the features before the "
@@ -92,19 +93,19 @@ def add_eval_args(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
                             "(docs/evaluation-recipe.md)")
     group.add_argument("--optimizer", choices=("sgd", "adam"), default=defaults.optimizer)
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    group.add_argument("--weight_decay", type=float, default=defaults.weight_decay)
+    group.add_argument("--weight_decay", type=float, default=defaults.weight_decay, help="weight decay towards zero")
     group.add_argument("--lr_schedule", choices=SCHEDULES, default="cosine",
                        help="per-epoch schedule: cosine to zero, step decays, or constant")
     group.add_argument("--lr_decay_epochs", type=str, default="",
                        help="with --lr_schedule step: epochs after which the lr is multiplied by --lr_decay_rate")
-    group.add_argument("--lr_decay_rate", type=float, default=0.1)
+    group.add_argument("--lr_decay_rate", type=util.POSITIVE, default=0.1, help="with --lr_schedule step: the factor")
     group.add_argument("--lossfunction", choices=LOSSES, default="crossentropy",
                        help="balanced = cross-entropy weighted by inverse class frequency of the training split; "
                             "cosine = 1 - cosine of the logits and the one-hot label (the published option)")
     group.add_argument("--attention", choices=("none", "att"), default="none",
                        help="att: channel and spatial attention on each view's map before pooling and the linear "
                             "layer (the published head; ResNet conv layers 1..5 only)")
-    group.add_argument("--focal_gamma", type=float, default=2.0, help="gamma of --lossfunction focal")
+    group.add_argument("--focal_gamma", type=util.NON_NEGATIVE, default=2.0, help="gamma of --lossfunction focal")
     group.add_argument("--augment", dest="augment", action="store_const", const=True, default=None,
                        help="train on augmented images (random crop, flip, jitter) re-encoded every epoch; "
                             "default: on when the encoder is fine-tuned, off when it is frozen (then features "
@@ -113,7 +114,7 @@ def add_eval_args(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
                        help="train on the deterministic test transform")
     group.add_argument("--n_label", type=int, default=None,
                        help="number of classes; default: largest label in the lists + 1")
-    group.add_argument("--seed", type=int, default=0, help="seed of head init, batch order, augmentation "
+    group.add_argument("--seed", type=util.SEED, default=0, help="seed of head init, batch order, augmentation "
                        "(and of the encoder with --model_path none)")
     util.process_only(group.add_argument("--seeds", type=int, default=1,
                                          help="repeat the whole protocol with seeds SEED..SEED+N-1; results give mean"

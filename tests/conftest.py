@@ -58,10 +58,10 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def megc2019_releases(tmp_path_factory: pytest.TempPathFactory) -> fake_megc.FakeReleases:
-    """The fake SMIC-HS, CASME II and SAMM releases, made by scripts/make_fake_megc2019.py. Read-only
+    """The fake SMIC-HS, CASME II and SAMM releases, made by scripts/data/make_fake_megc2019.py. Read-only
     for tests: copy a release before changing it."""
     out = tmp_path_factory.mktemp("raw")
-    done = subprocess.run([sys.executable, "scripts/make_fake_megc2019.py", "--out", str(out)], cwd=REPO_ROOT,
+    done = subprocess.run([sys.executable, "scripts/data/make_fake_megc2019.py", "--out", str(out)], cwd=REPO_ROOT,
                           check=True, capture_output=True, text=True)
     assert done.stdout.split() == ["--smic", str(out / "SMIC"), "--casme2", str(out / "CASME2"),
                                    "--samm", str(out / "SAMM")]

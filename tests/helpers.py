@@ -107,7 +107,7 @@ def corrupt_middle(data: bytes) -> bytes:
 def run_megc2019_prepare(releases, out: Path, *extra: str) -> tuple[Path, dict, str, str]:
     """(out folder, summary, stdout, stderr) of prepare_megc2019.py on the fake `releases`
     (`scripts.datatools.megc2019.fake.FakeReleases`) at 64 px with the flags `extra`."""
-    from scripts import prepare_megc2019
+    from scripts.data import prepare_megc2019
 
     argv = ["--smic", str(releases.smic), "--casme2", str(releases.casme2), "--samm", str(releases.samm),
             "--out", str(out), "--image_size", "64", *extra]

@@ -218,7 +218,7 @@ def test_non_finite_loss_names_its_cause(synthetic_data: Path, tmp_path: Path, c
 
 
 # ---------------------------------------------------------------------------------------------
-# scripts/sweep_subjects.sh validates its own flags
+# scripts/cluster/sweep_subjects.sh validates its own flags
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -232,6 +232,6 @@ def test_non_finite_loss_names_its_cause(synthetic_data: Path, tmp_path: Path, c
     (["--nodes"], "--nodes: missing value (expected a whole number)"),
 ])
 def test_sweep_script_refuses_bad_flags(argv: list[str], message: str) -> None:
-    done = subprocess.run(["bash", str(util.REPO_ROOT / "scripts" / "sweep_subjects.sh"), *argv],
+    done = subprocess.run(["bash", str(util.REPO_ROOT / "scripts" / "cluster" / "sweep_subjects.sh"), *argv],
                           capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr.splitlines(), done.stdout) == (2, [f"error: {message}"], "")

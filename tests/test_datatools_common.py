@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import util
-from scripts import make_fake_casme3, make_fake_megc2019, make_published_split, make_synthetic_casme3
-from scripts import prepare_casme3, prepare_megc2019
+from scripts.data import make_fake_casme3, make_fake_megc2019, make_published_split, make_synthetic_casme3
+from scripts.data import prepare_casme3, prepare_megc2019
 from scripts.datatools import fake_release
 from scripts.datatools.casme3.images import depth_difference
 from scripts.datatools.common import crop, format as fmt, frames, sheets

@@ -1,4 +1,4 @@
-"""The demo killed and run again: `bash scripts/demo.sh` at a reduced scale is SIGKILLed (its whole
+"""The demo killed and run again: `bash scripts/experiments/demo.sh` at a reduced scale is SIGKILLed (its whole
 process group) at seeded random points, re-run after each kill, and at the end its
 results_table.txt and every predictions.csv equal those of an uninterrupted run. An interrupted
 step must be resumed or redone, never taken as finished."""
@@ -23,7 +23,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "IMAGE_SIZE
 
 
 def demo(out: Path) -> subprocess.Popen:
-    return subprocess.Popen(["bash", str(REPO_ROOT / "scripts" / "demo.sh"), str(out)], env=ENV,
+    return subprocess.Popen(["bash", str(REPO_ROOT / "scripts" / "experiments" / "demo.sh"), str(out)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 

@@ -1,4 +1,4 @@
-"""The CUDA paths against the CPU (marker `gpu`; `pytest -m gpu`, or `bash scripts/gpu_check.sh`).
+"""The CUDA paths against the CPU (marker `gpu`; `pytest -m gpu`, or `bash scripts/bench/gpu_check.sh`).
 
 Every test here is skipped, with one reason line, where CUDA is unavailable. On a GPU they check:
 pre-training steps in fp32, `--amp --opt_level O1` (float16, GradScaler) and `O2` (bfloat16); the
@@ -40,7 +40,7 @@ import util
 from models import build_model
 from NCE import ContrastMemory, NCECriterion, NCESoftmaxLoss
 from helpers import run_args
-from scripts import bench_gpu
+from scripts.bench import bench_gpu
 from util import REPO_ROOT
 
 pretrain = util.load_script("pre-train_CVSCL.py")
@@ -48,7 +48,7 @@ finetune = util.load_script("fine-tune_CVSCL.py")
 
 DEVICE = torch.device(os.environ.get("GPU_TEST_DEVICE", "cuda"))
 NO_CUDA = ("no CUDA device (torch.cuda.is_available() is False): GPU tests run on a GPU machine, "
-           "bash scripts/gpu_check.sh")
+           "bash scripts/bench/gpu_check.sh")
 pytestmark = pytest.mark.gpu
 needs_device = pytest.mark.skipif(DEVICE.type == "cuda" and not torch.cuda.is_available(), reason=NO_CUDA)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
@@ -299,7 +299,7 @@ def test_checkpoint_from_a_machine_with_more_gpus_resumes(synthetic_data: Path, 
 
 
 def counted_syncs(fn: Callable[[], object]) -> Counter:
-    """Synchronising CUDA calls of `fn()` by source line, as scripts/bench_gpu.py counts them; none
+    """Synchronising CUDA calls of `fn()` by source line, as scripts/bench/bench_gpu.py counts them; none
     in a CPU dry run (only `fn()` runs)."""
     if DEVICE.type == "cuda":
         return bench_gpu.count_syncs(fn)

@@ -1,4 +1,4 @@
-"""Bootstrap intervals and paired differences (evaluation/metrics.py, scripts/results_table.py
+"""Bootstrap intervals and paired differences (evaluation/metrics.py, scripts/experiments/results_table.py
 --baseline) against cases with known answers."""
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def test_results_table_prints_difference_rows_and_the_figure(tmp_path: Path) -> 
     specs = [f"a, {enc}, {proto}={tmp_path / f'{proto}_{name}'}"
              for proto in ("frozen", "probe") for enc, name in (("random init", "random"), ("DVSCL", "dvscl"))]
     plot = tmp_path / "comparison.png"
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "results_table.py"), "--baseline",
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "experiments" / "results_table.py"), "--baseline",
                            "random init", "--plot", str(plot), *specs], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -140,7 +140,7 @@ def test_results_table_prints_difference_rows_and_the_figure(tmp_path: Path) -> 
     assert all(f"{gain:+.3f} [" in line for line in differences)
     assert plot.stat().st_size > 10000
 
-    unpaired = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "results_table.py"), "--baseline",
+    unpaired = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "experiments" / "results_table.py"), "--baseline",
                                "random init", specs[0], f"a, DVSCL, frozen={tmp_path / 'probe_dvscl'}"],
                               capture_output=True, text=True, timeout=120)
     assert unpaired.returncode == 0 and "minus random init" not in unpaired.stdout  # kfold is not LOSO's pair

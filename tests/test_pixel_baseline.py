@@ -1,4 +1,4 @@
-"""scripts/pixel_baseline.py: LOSO logistic regression on difference-image pixels."""
+"""scripts/experiments/pixel_baseline.py: LOSO logistic regression on difference-image pixels."""
 from __future__ import annotations
 
 import shutil
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import dataset
-from scripts import pixel_baseline
+from scripts.experiments import pixel_baseline
 from scripts.datatools.common.format import write_png
 from util import REPO_ROOT, UserError
 
@@ -56,7 +56,7 @@ def test_rgb_only_view_uses_three_channels(synthetic_data: Path, capsys: pytest.
     (["--size", "100000"], "error: --size 100000: larger than the images (64x64 px, e.g. {first}); use at most 64"),
 ])
 def test_bad_flags_are_one_line(synthetic_data: Path, flags: list[str], message: str) -> None:
-    result = subprocess.run([sys.executable, "scripts/pixel_baseline.py", "--data_folder", str(synthetic_data), *flags],
+    result = subprocess.run([sys.executable, "scripts/experiments/pixel_baseline.py", "--data_folder", str(synthetic_data), *flags],
                             cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [message.format(first=_labeled(synthetic_data)[0].rgb_path)]

@@ -1,4 +1,4 @@
-"""CAS(ME)^3 preparation (`scripts.datatools.casme3`, `scripts/prepare_casme3.py`) on the fake release of
+"""CAS(ME)^3 preparation (`scripts.datatools.casme3`, `scripts/data/prepare_casme3.py`) on the fake release of
 `scripts.datatools.fake_release`."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from PIL import Image
 
 import dataset
 import util
-from scripts import prepare_casme3 as cli
+from scripts.data import prepare_casme3 as cli
 from scripts.datatools import fake_release as fake
 from scripts.datatools.casme3 import annotations
 from scripts.datatools.casme3.pool import pool_pairs
@@ -346,14 +346,14 @@ def test_end_to_end_prepare_pretrain_loso(tmp_path: Path, monkeypatch: pytest.Mo
     pretrain = util.load_script("pre-train_CVSCL.py")
 
     raw, data = tmp_path / "raw", tmp_path / "casme3"
-    subprocess.run([sys.executable, "scripts/make_fake_casme3.py", "--out", str(raw)], cwd=REPO, check=True,
+    subprocess.run([sys.executable, "scripts/data/make_fake_casme3.py", "--out", str(raw)], cwd=REPO, check=True,
                    capture_output=True)
     monkeypatch.setattr(sys, "argv", [
         "prepare_casme3.py", "--root", str(raw / "partA"), "--part_b_root", str(raw / "partB"),
         "--annotation", str(raw / fake.ANNOTATION_NAME), "--box_file", str(raw / "boxes.csv"),
         "--au_dir", str(raw / "openface"), "--out", str(data), "--image_size", "64", "--stride", "3",
         "--calibrate"])
-    runpy.run_path(str(REPO / "scripts" / "prepare_casme3.py"), run_name="__main__")
+    runpy.run_path(str(REPO / "scripts" / "data" / "prepare_casme3.py"), run_name="__main__")
     run_folder = pretrain.main(["--data_folder", str(data), "--model_path", str(tmp_path / "models"),
                                 "--tb_path", str(tmp_path / "tb"), "--epochs", "1", "--batch_size", "8",
                                 "--nce_k", "16", "--num_workers", "0", "--image_size", "64"])

@@ -1,4 +1,4 @@
-"""MEGC2019 composite preparation (`scripts.datatools.megc2019`, `scripts/prepare_megc2019.py`) on
+"""MEGC2019 composite preparation (`scripts.datatools.megc2019`, `scripts/data/prepare_megc2019.py`) on
 the fake releases of `scripts.datatools.megc2019.fake`."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import dataset
-from scripts import prepare_megc2019 as cli
+from scripts.data import prepare_megc2019 as cli
 from scripts.datatools.megc2019 import databases as db
 from scripts.datatools.megc2019 import fake
 from scripts.datatools.common.sheets import read_sheet

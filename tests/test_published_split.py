@@ -1,4 +1,4 @@
-"""The published CAS(ME)^3 split in `data/` (written by `scripts/make_published_split.py`): counts,
+"""The published CAS(ME)^3 split in `data/` (written by `scripts/data/make_published_split.py`): counts,
 train = all minus test (derived by `dataset.derived_train`), one key order per subject across the
 three views, and a LOSO run that finds the lists with nothing but `--data_folder`."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 import dataset
 import util
-from scripts import make_published_split as published
+from scripts.data import make_published_split as published
 from scripts.datatools.common.format import write_png
 from helpers import fails
 

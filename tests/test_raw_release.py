@@ -1,4 +1,4 @@
-"""The synthetic raw release (`make_synthetic_casme3.py --raw_release`) through `scripts/prepare_casme3.py`,
+"""The synthetic raw release (`make_synthetic_casme3.py --raw_release`) through `scripts/data/prepare_casme3.py`,
 with and without `--motion_compensation`: what it prepares, joined with `ground_truth.csv`."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from dataset import DEFAULT_CLASS_NAMES, sample_key
-from scripts import make_synthetic_casme3 as generator
-from scripts import prepare_casme3 as prepare
+from scripts.data import make_synthetic_casme3 as generator
+from scripts.data import prepare_casme3 as prepare
 from scripts.datatools.fake_release import ANNOTATION_NAME
 from scripts.datatools.synthetic import raw_release
 
@@ -123,7 +123,7 @@ def test_same_seed_same_bytes(release: tuple[Path, list[dict[str, str]]], tmp_pa
 
 
 def test_motion_compensation_is_refused_in_one_line(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "scripts/make_synthetic_casme3.py", "--out", str(tmp_path / "raw"),
+    done = subprocess.run([sys.executable, "scripts/data/make_synthetic_casme3.py", "--out", str(tmp_path / "raw"),
                            "--raw_release", "--motion_compensation"], cwd=REPO, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 2

@@ -6,7 +6,7 @@
   with `runpy` and `sys.argv` set, and `ArgumentParser.parse_args` is patched to stop the script
   right after a successful parse, so nothing is trained, read or written. Placeholders such as DIR,
   CKPT, `<run>` and shell variables (`$i`, `$DATA`) are plain strings to the parser.
-- `bash scripts/x.sh` names a script that exists (`scripts/sweep_subjects.sh` also passes its
+- `bash scripts/x.sh` names a script that exists (`scripts/cluster/sweep_subjects.sh` also passes its
   fine-tuning flags through `fine-tune_CVSCL.py`'s parser).
 - Python fed to `python - <<'EOF'` compiles, and the names it imports from the repository exist.
 - Every repository file or folder the text names (`scripts/foo.py`, `docs/x.md`,
@@ -243,7 +243,7 @@ def parse_error(script: Path, args: list[str], env: dict[str, str]) -> str | Non
 
 
 def sweep_flags(args: tuple[str, ...]) -> list[str]:
-    """The fine-tuning flags of `scripts/sweep_subjects.sh [--workers N] [--nodes M --node_rank K] FLAGS`."""
+    """The fine-tuning flags of `scripts/cluster/sweep_subjects.sh [--workers N] [--nodes M --node_rank K] FLAGS`."""
     args = list(args)
     while args[:1] and args[0] in ("--workers", "--nodes", "--node_rank"):
         args = args[2:]
@@ -257,7 +257,7 @@ def test_the_docs_show_commands() -> None:
     readme = [i for i in INVOCATIONS if i.command.doc == "README.md"]
     scripts = {i.script for i in readme}
     assert {"pre-train_CVSCL.py", "fine-tune_CVSCL.py", "LinearProbing_CVSCL_10fold.py",
-            "scripts/prepare_casme3.py", "scripts/results_table.py", "scripts/demo.sh"} <= scripts, scripts
+            "scripts/data/prepare_casme3.py", "scripts/experiments/results_table.py", "scripts/experiments/demo.sh"} <= scripts, scripts
 
 
 @pytest.mark.parametrize("invocation", INVOCATIONS, ids=lambda i: f"{i.command.doc}:{i.command.line}")
@@ -466,7 +466,7 @@ def test_setup_and_test_commands_keep_their_markers() -> None:
     """`.ci/run` runs the first line of the code block after each marker."""
     lines = (REPO / "README.md").read_text().splitlines()
     for marker, command in (("<!-- setup-command -->", "python3 -m venv .venv && .venv/bin/pip install -r "
-                                                         "requirements.txt && bash scripts/demo.sh"),
+                                                         "requirements.txt && bash scripts/experiments/demo.sh"),
                             ("<!-- test-command -->", ".venv/bin/python -m pytest")):
         at = lines.index(marker)
         assert lines[at + 1].startswith("```") and lines[at + 2] == command, marker

@@ -1,4 +1,4 @@
-"""scripts/readout.py: LOSO linear read-outs of frozen features (known answers), their paired
+"""scripts/experiments/readout.py: LOSO linear read-outs of frozen features (known answers), their paired
 intervals, and the command end to end on a tiny realistic raw release (as tests/test_raw_release.py
 renders and prepares one)."""
 from __future__ import annotations
@@ -16,9 +16,9 @@ import util
 from helpers import fails
 from evaluation.metrics import Resamples
 from models import build_model
-from scripts import make_synthetic_casme3 as generator
-from scripts import prepare_casme3 as prepare
-from scripts import readout
+from scripts.data import make_synthetic_casme3 as generator
+from scripts.data import prepare_casme3 as prepare
+from scripts.experiments import readout
 from scripts.datatools.fake_release import ANNOTATION_NAME
 from scripts.datatools.synthetic import raw_release
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import util
-from scripts import prepare_casme3 as cli
+from scripts.data import prepare_casme3 as cli
 from scripts.datatools import fake_release as fake
 from scripts.datatools.casme3 import images as ci
 from scripts.datatools.registration import Motion, compensate, estimate_motion
@@ -133,7 +133,7 @@ def test_realistic_regime_moves_the_head_and_compensation_removes_most_of_it(
 def test_regime_flags_override_the_preset(tmp_path: Path) -> None:
     assert make_regime("realistic", blink_rate=0.1, amplitude=None).blink_rate == 0.1
     assert make_regime("realistic", amplitude=None).amplitude == REGIMES["realistic"].amplitude
-    command = [sys.executable, str(REPO / "scripts" / "make_synthetic_casme3.py"), "--out", str(tmp_path / "d"),
+    command = [sys.executable, str(REPO / "scripts" / "data" / "make_synthetic_casme3.py"), "--out", str(tmp_path / "d"),
                "--subjects", "2", "--samples_per_subject", "2", "--pool_per_subject", "2", "--image_size", "32"]
     done = subprocess.run([*command, "--regime", "realistic", "--blink_rate", "0.2", "--motion_compensation"],
                           capture_output=True, text=True, check=True)

@@ -1,5 +1,5 @@
-"""scripts/sweep_subjects.sh (two CPU workers, then the aggregate step), scripts/results_table.py and
-scripts/compare.sh's settings (the guard of its output folder, IMAGE_SIZE)."""
+"""scripts/cluster/sweep_subjects.sh (two CPU workers, then the aggregate step), scripts/experiments/results_table.py and
+scripts/experiments/compare.sh's settings (the guard of its output folder, IMAGE_SIZE)."""
 from __future__ import annotations
 
 import json
@@ -21,7 +21,7 @@ def test_sweep_two_workers_then_table(synthetic_data: Path, tmp_path: Path) -> N
              "--epochs", "1", "--image_size", "64", "--num_workers", "0", "--batch_size", "16",
              "--freeze_encoder", "--run_name", "sweep"]
     env = {**os.environ, "PYTHON": sys.executable}
-    done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "sweep_subjects.sh"), "--workers", "2", *flags],
+    done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "cluster" / "sweep_subjects.sh"), "--workers", "2", *flags],
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     assert "[worker 0]" in done.stdout and "[worker 1]" in done.stdout
@@ -29,7 +29,7 @@ def test_sweep_two_workers_then_table(synthetic_data: Path, tmp_path: Path) -> N
     assert results["complete"]
     assert set(results["per_subject"]) == set(dataset.subject_names(synthetic_data / "data"))
 
-    table = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "results_table.py"),
+    table = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "experiments" / "results_table.py"),
                             f"random init, frozen={tmp_path / 'sweep'}"], capture_output=True, text=True,
                            timeout=60)
     assert table.returncode == 0, table.stderr
@@ -40,7 +40,7 @@ def test_sweep_two_workers_then_table(synthetic_data: Path, tmp_path: Path) -> N
 
 def test_results_table_pools_runs_as_mean_and_std(tmp_path: Path) -> None:
     """Several runs (one per pre-training seed) in one row: mean ± sample std of their metrics."""
-    from scripts import results_table
+    from scripts.experiments import results_table
 
     paths = []
     for i, (acc, uf1, uar) in enumerate([(0.5, 0.4, 0.3), (0.7, 0.6, 0.5)]):
@@ -67,7 +67,7 @@ def _compare(out: Path, datasets: str, python: Path | None = None, **settings: s
     """compare.sh with a Python whose scripts fail at once (`_stub_python`)."""
     python = python or _stub_python(out.parent / f"stub_{out.name}")
     env = {**os.environ, "PYTHON": str(python), "DATASETS": datasets, **settings}
-    return subprocess.Popen(["bash", str(REPO_ROOT / "scripts" / "compare.sh"), str(out)],
+    return subprocess.Popen(["bash", str(REPO_ROOT / "scripts" / "experiments" / "compare.sh"), str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

@@ -290,7 +290,7 @@ def test_the_run_record_holds_the_summary_and_regenerating_keeps_other_files(
 
 
 def run_script(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "scripts/make_synthetic_casme3.py", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "scripts/data/make_synthetic_casme3.py", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
 
 

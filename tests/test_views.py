@@ -34,7 +34,7 @@ def test_rgb_only_loso_on_megc2019_reports_each_database(megc2019_prepared, tmp_
     assert run.name.endswith("_viewRGB_crossentropy_lr0.01_ep1_seed0") or "_viewRGB_" in run.name
     header = (run / "predictions.csv").read_text().splitlines()[0]
     assert header == "seed,unit,subject,sample,label,prediction,dbtype"
-    from scripts import results_table
+    from scripts.experiments import results_table
     table = results_table.format_table(results_table.table_rows(results_table.parse_row(f"megc={run}")))
     assert "  SMIC-HS" in table and "  SAMM" in table
 

@@ -1,6 +1,6 @@
-"""A tiny fake CAS(ME)^3 release for the tests and the README demo (`scripts/make_fake_casme3.py`).
+"""A tiny fake CAS(ME)^3 release for the tests and the README demo (`scripts/data/make_fake_casme3.py`).
 
-Not real data. It has the real layout and the known anomalies so that `scripts/prepare_casme3.py`
+Not real data. It has the real layout and the known anomalies so that `scripts/data/prepare_casme3.py`
 can be run end to end without the licensed database:
 
     <out>/partA/RGB/<Subject>/<video>/color/<frame>.jpg      80 x 64 JPEG frames 1..36

@@ -1,4 +1,4 @@
-"""CAS(ME)^3 preparation (`scripts/prepare_casme3.py`), one concern a module (what it shares with
+"""CAS(ME)^3 preparation (`scripts/data/prepare_casme3.py`), one concern a module (what it shares with
 the MEGC2019 preparation is in `scripts.datatools.common`):
 
 - `settings`: the settings built from the flags, and the inputs their files name;

@@ -1,4 +1,4 @@
-"""CAS(ME)^3 preparation for DVSCL: the driver of `scripts/prepare_casme3.py`.
+"""CAS(ME)^3 preparation for DVSCL: the driver of `scripts/data/prepare_casme3.py`.
 
 Input: the Part A root (`RGB/<Subject>/<Filename>/color/<frame>.jpg`,
 `depth/<Subject>/<Filename>[/depth]/<frame>.png`, 16-bit, 0 = no measurement), the ME annotation

@@ -1,6 +1,6 @@
 """The settings of one CAS(ME)^3 preparation, and the inputs their files name.
 
-`Settings` is built once from the parsed flags of `scripts/prepare_casme3.py`; every step reads its
+`Settings` is built once from the parsed flags of `scripts/data/prepare_casme3.py`; every step reads its
 setting there, and nothing reads the flags afterwards.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from util import UserError
 
 @dataclass(frozen=True)
 class Settings:
-    """Every flag of `scripts/prepare_casme3.py` (same names), with `crop` and `pool` resolved.
+    """Every flag of `scripts/data/prepare_casme3.py` (same names), with `crop` and `pool` resolved.
 
     Paths stay as given, as the report records them.
     """

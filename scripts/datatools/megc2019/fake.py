@@ -1,7 +1,7 @@
-"""Tiny fake SMIC-HS, CASME II and SAMM releases for the tests (`scripts/make_fake_megc2019.py`).
+"""Tiny fake SMIC-HS, CASME II and SAMM releases for the tests (`scripts/data/make_fake_megc2019.py`).
 
 Not real data. The releases have the real layouts, sheet columns and a few known anomalies, so
-`scripts/prepare_megc2019.py` can be run end to end without the licensed databases:
+`scripts/data/prepare_megc2019.py` can be run end to end without the licensed databases:
 
     <out>/SMIC/HS/s<n>/micro/<class>/<clip>/image<number>.bmp      colour BMP frames
     <out>/CASME2/CASME2_RAW_selected/sub<nn>/<Filename>/img<number>.jpg
@@ -102,7 +102,7 @@ BAD_APEX_PEAK = {video: peak_frame(onset, apex) for rows in (CASME2_ROWS, SAMM_R
 
 @dataclass(frozen=True)
 class FakeReleases:
-    """Roots of the built fake releases, as `scripts/prepare_megc2019.py` takes them."""
+    """Roots of the built fake releases, as `scripts/data/prepare_megc2019.py` takes them."""
     smic: Path
     casme2: Path
     samm: Path

@@ -1,4 +1,4 @@
-"""MEGC2019 composite preparation: the driver of `scripts/prepare_megc2019.py`.
+"""MEGC2019 composite preparation: the driver of `scripts/data/prepare_megc2019.py`.
 
 Input: any of SMIC-HS, CASME II and SAMM in their release layouts (`databases`). Output, all under
 `--out` (never inside an input tree), in the data format of `dataset.py`, paths in lists relative
@@ -50,7 +50,7 @@ INPUTS = ("smic", "casme2", "samm")
 
 @dataclass(frozen=True)
 class Settings:
-    """Every flag of `scripts/prepare_megc2019.py` (same names); paths as given."""
+    """Every flag of `scripts/data/prepare_megc2019.py` (same names); paths as given."""
     out: str
     smic: str | None
     casme2: str | None

@@ -1,2 +1,2 @@
 """Synthetic CAS(ME)^3-like data: `face` (subjects), `render` (frames and pairs), `generate` (the dataset),
-`raw_release` (the dataset as a raw release for scripts/prepare_casme3.py)."""
+`raw_release` (the dataset as a raw release for scripts/data/prepare_casme3.py)."""

@@ -24,7 +24,7 @@ pairs, not all. ``casme3_pool/ground_truth.csv`` holds the truth (``has_motion``
 The ``regime`` (`scripts.datatools.synthetic.regime`) sets the nuisances: pose jitter, head motion
 between onset and apex, blinks, action amplitude, the pool's share without action. With
 ``motion_compensation`` the frames of every pair are registered before they are differenced and
-measured, as `scripts/prepare_casme3.py --motion_compensation` does for the real frames.
+measured, as `scripts/data/prepare_casme3.py --motion_compensation` does for the real frames.
 
 File names, list lines, class names and the difference encoding are those of the data format in
 `dataset.py`. Every pair also gets the grey view of the `--view RGB_gray` ablation (the luma
@@ -40,7 +40,7 @@ into; a folder of other arguments only with ``overwrite``; regenerating first re
 the generator wrote there (``PREPARED_ENTRIES`` or, for a raw release, ``RAW_ENTRIES``).
 
 With ``raw_release`` the same subjects, pairs and nuisances are written as a raw CAS(ME)^3 release
-(frames, annotation workbook, ground truth) for `scripts/prepare_casme3.py` instead
+(frames, annotation workbook, ground truth) for `scripts/data/prepare_casme3.py` instead
 (`scripts.datatools.synthetic.raw_release`).
 
 Public API: ``generate_dataset``, ``SyntheticError`` and the module constants.
@@ -176,7 +176,7 @@ def _validate(args: dict) -> None:
         raise SyntheticError(f"depth_bits must be 8 or 16, got {args['depth_bits']}")
     if args["raw_release"] and args["motion_compensation"]:
         raise SyntheticError("--motion_compensation does not apply to --raw_release: the preparation registers "
-                             "the frames (scripts/prepare_casme3.py --motion_compensation)")
+                             "the frames (scripts/data/prepare_casme3.py --motion_compensation)")
     if args["raw_release"] and args["depth_bits"] != 8:
         raise SyntheticError("--depth_bits does not apply to --raw_release: its depth frames are 16-bit millimetres")
     regime = args["regime"]

@@ -1,7 +1,7 @@
-"""The synthetic dataset as a raw CAS(ME)^3 release (`scripts/make_synthetic_casme3.py --raw_release`).
+"""The synthetic dataset as a raw CAS(ME)^3 release (`scripts/data/make_synthetic_casme3.py --raw_release`).
 
 The generator's subjects, labeled samples, pool pairs and nuisances, written as what
-`scripts/prepare_casme3.py` reads (the layout of `scripts.datatools.fake_release` and of the real
+`scripts/data/prepare_casme3.py` reads (the layout of `scripts.datatools.fake_release` and of the real
 release) instead of as difference images::
 
     partA/RGB/spNO.<n>/<video>/color/<frame>.jpg     labeled subjects: RGB frames (JPEG, OpenCV, quality 95)
@@ -45,7 +45,7 @@ from scripts.datatools.fake_release import (ANNOTATION_NAME, video_folders, writ
 from scripts.datatools.synthetic.face import AU_NAMES, Subject, make_subject
 from scripts.datatools.synthetic.regime import Regime
 from scripts.datatools.synthetic.render import PairFrames, head_motion, render_between, render_pair_frames
-from scripts.prepare_casme3 import build_parser
+from scripts.data.prepare_casme3 import build_parser
 
 if TYPE_CHECKING:
     from scripts.datatools.synthetic.generate import _Plan

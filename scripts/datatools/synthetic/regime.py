@@ -6,7 +6,7 @@ so the difference image holds little but the action. ``realistic`` adds what rea
 pairs have: head motion between the two frames (difference energy along every edge of the face,
 in every class), blinks in every class, face position, scale and roll that vary from sample to
 sample, actions of low amplitude, and a pool in which a third of the pairs has no action. Every
-field is also a flag of `scripts/make_synthetic_casme3.py` that overrides the preset.
+field is also a flag of `scripts/data/make_synthetic_casme3.py` that overrides the preset.
 
 Lengths in pixels are stated at 72 px (`render.REFERENCE_SIZE`) and scale with the image size.
 """

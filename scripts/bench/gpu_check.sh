@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one command for a lent GPU machine (docs/gpu.md): versions, `pytest -m gpu`, then the GPU
-# benchmark (scripts/bench_gpu.py). No set-up beyond the README's (.venv from requirements.txt).
+# benchmark (scripts/bench/bench_gpu.py). No set-up beyond the README's (.venv from requirements.txt).
 #
-#   bash scripts/gpu_check.sh [OUT_DIR]
+#   bash scripts/bench/gpu_check.sh [OUT_DIR]
 #
 # Results go to $OUT when it is set, else to OUT_DIR, else to out/gpu_check: pytest_gpu.txt and
 # pytest_gpu.xml (JUnit, with the measured agreements as properties), bench_gpu.md, bench_gpu.json,
@@ -14,7 +14,7 @@
 # finished. Without a GPU the CPU-side parts run (the tests skip, the benchmark counts FLOPs), one
 # line says so, and the exit code is 0 when they succeeded.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out="${OUT:-${1:-out/gpu_check}}"
 mkdir -p "$out"
 py=.venv/bin/python
@@ -30,7 +30,7 @@ limit() {
     if command -v timeout >/dev/null; then timeout "$seconds" "$@"; else "$@"; fi
 }
 
-"$py" scripts/bench_gpu.py --versions
+"$py" scripts/bench/bench_gpu.py --versions
 gpu=$("$py" -c 'import torch; print(int(torch.cuda.is_available()))')
 
 echo "== pytest -m gpu (at most ${tests_limit} s)"
@@ -39,8 +39,8 @@ limit "$tests_limit" "$py" -m pytest -m gpu -rsxX -o junit_family=xunit1 --junit
 tests_rc=${PIPESTATUS[0]}
 
 left=$((total - SECONDS))
-echo "== scripts/bench_gpu.py (at most ${left} s)"
-limit "$left" "$py" scripts/bench_gpu.py --out "$out" --budget_s $((left - grace))
+echo "== scripts/bench/bench_gpu.py (at most ${left} s)"
+limit "$left" "$py" scripts/bench/bench_gpu.py --out "$out" --budget_s $((left - grace))
 bench_rc=$?
 
 if [ "$gpu" != 1 ]; then

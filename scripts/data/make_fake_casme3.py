@@ -3,7 +3,7 @@ fake release")."""
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from scripts.datatools.fake_release import build_fake_release  # noqa: E402
 from util import ArgumentParser, run_cli  # noqa: E402

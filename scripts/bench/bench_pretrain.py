@@ -1,10 +1,10 @@
 """Pre-training throughput, compute ceiling and memory-bank footprint (a benchmark, not a test).
 
-    python scripts/bench_pretrain.py                 # alexnet and resnet18v1, 224 px, batch 32
-    python scripts/bench_pretrain.py --compare       # also the published pipeline and per-epoch LOSO
-    python scripts/bench_pretrain.py --models '' --memory   # peak RSS for banks of 10k, 100k and 1M rows
-    python scripts/bench_pretrain.py --models '' --compare  # only the LOSO comparison
-    python scripts/bench_pretrain.py --conv_bound    # how close to the ceiling the convolutions allow
+    python scripts/bench/bench_pretrain.py                 # alexnet and resnet18v1, 224 px, batch 32
+    python scripts/bench/bench_pretrain.py --compare       # also the published pipeline and per-epoch LOSO
+    python scripts/bench/bench_pretrain.py --models '' --memory   # peak RSS for banks of 10k, 100k and 1M rows
+    python scripts/bench/bench_pretrain.py --models '' --compare  # only the LOSO comparison
+    python scripts/bench/bench_pretrain.py --conv_bound    # how close to the ceiling the convolutions allow
 
 All figures train the same model with the same loss (both encoders trained, NCE, memory update),
 224 px, batch 32 by default:
@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402

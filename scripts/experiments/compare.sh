@@ -4,12 +4,12 @@
 # at or above the intensity threshold ("threshold"), then the k-fold probe, frozen LOSO and
 # fine-tuned LOSO of those encoders and of a random one drawn from the same seed; one table of
 # mean ± std over the seeds, with each encoder's paired difference to random init and its 95 %
-# interval (scripts/results_table.py --baseline), and the same as a figure (comparison.png). Every
+# interval (scripts/experiments/results_table.py --baseline), and the same as a figure (comparison.png). Every
 # evaluation of seed S runs with --seed S, so the encoders of one seed share unit seeds, folds,
 # batch order, augmentation and head initialisation: their difference is paired. At the scale of
-# the demo (scripts/demo.sh runs this script with one seed).
+# the demo (scripts/experiments/demo.sh runs this script with one seed).
 #
-#   bash scripts/compare.sh [OUT_DIR]                 (default: out/compare)
+#   bash scripts/experiments/compare.sh [OUT_DIR]                 (default: out/compare)
 #
 # Environment (default in brackets):
 #   DATASETS   NAME=GENERATOR FLAGS;...   ["default=;realistic-mc=--regime realistic --motion_compensation"]
@@ -17,11 +17,15 @@
 #   ENCODERS   any of: random plain threshold                        ["random plain threshold"]
 #   PROTOCOLS  any of: probe frozen finetune                         ["probe frozen finetune"]
 #   SEEDS      pre-training seeds (random init: encoder seeds)       ["0 1 2"]
+#   SCALE      demo: 10 labeled subjects; study: 300 labeled subjects (the pool stays at about
+#              600 pairs), SEEDS "0 1 2 3 4" and PROTOCOLS "probe frozen" unless given: the scale
+#              at which the paired UAR interval's half-width is about 0.025 on the realistic
+#              regime (scripts/experiments/study_scale.py; docs/findings/study-scale.md)  [demo]
 #   IMAGE_SIZE network input side in pixels; the data are rendered at 9/8 of it     [96]
 #   PRETRAIN_EPOCHS [60], PRETRAIN_FLAGS [""], EVAL_FLAGS [""]: extra flags of every pre-training
 #              and of every evaluation
 #
-#   VIEWS="RGB_D RGB_gray" ENCODERS=plain DATASETS="default=" bash scripts/compare.sh out/views
+#   VIEWS="RGB_D RGB_gray" ENCODERS=plain DATASETS="default=" bash scripts/experiments/compare.sh out/views
 #
 # A finished pre-training is skipped, an interrupted one resumed from its last.pth, and an
 # evaluation resumes its finished units when the script runs again, so an interrupted comparison
@@ -29,7 +33,7 @@
 # with other settings refuses that OUT_DIR. Every variable is checked before anything starts.
 set -euo pipefail
 
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 python="${PYTHON:-$repo/.venv/bin/python}"
 [[ -x "$python" ]] || python="$(command -v python3)"
 fail() { echo "error: $*" >&2; exit 2; }
@@ -40,8 +44,14 @@ pretrain_epochs="${PRETRAIN_EPOCHS:-60}"
 IFS=';' read -r -a datasets <<< "${DATASETS-default=;realistic-mc=--regime realistic --motion_compensation}"
 read -r -a views <<< "${VIEWS:-RGB_D}"
 read -r -a encoders <<< "${ENCODERS:-random plain threshold}"
-read -r -a protocols <<< "${PROTOCOLS:-probe frozen finetune}"
-read -r -a seeds <<< "${SEEDS:-0 1 2}"
+scale="${SCALE:-demo}"
+case $scale in
+    demo) scale_flags=() default_seeds="0 1 2" default_protocols="probe frozen finetune" ;;
+    study) scale_flags=(--subjects 300 --pool_per_subject 2) default_seeds="0 1 2 3 4" default_protocols="probe frozen" ;;
+    *) fail "SCALE=$scale: expected demo or study" ;;
+esac
+read -r -a protocols <<< "${PROTOCOLS:-$default_protocols}"
+read -r -a seeds <<< "${SEEDS:-$default_seeds}"
 read -r -a extra_pretrain <<< "${PRETRAIN_FLAGS:-}"
 read -r -a extra_eval <<< "${EVAL_FLAGS:-}"
 one_of() {  # one_of VARIABLE "ALLOWED..." VALUES...: there is a value, and each is one of ALLOWED
@@ -78,13 +88,13 @@ cd "$repo"
 # The folder is this comparison's, or refused in one line; the record is written through a rename,
 # so comparisons started alongside (another seed into the same OUT_DIR) never read half of it.
 "$python" - "$out" "${DATASETS-default=;realistic-mc=--regime realistic --motion_compensation}" "$image_size" \
-    "$pretrain_epochs" "${extra_pretrain[*]}" "${extra_eval[*]}" << 'EOF' || exit 2
+    "$pretrain_epochs" "${extra_pretrain[*]}" "${extra_eval[*]}" "$scale" << 'EOF' || exit 2
 import sys
 import util
-folder, datasets, image_size, epochs, pretrain_flags, eval_flags = sys.argv[1:]
+folder, datasets, image_size, epochs, pretrain_flags, eval_flags, scale = sys.argv[1:]
 settings = {"datasets": datasets, "image_size": int(image_size), "pretrain_epochs": int(epochs),
-            "pretrain_flags": pretrain_flags, "eval_flags": eval_flags}
-util.run_cli(lambda: util.claim_folder(folder, "scripts/compare.sh", settings,
+            "pretrain_flags": pretrain_flags, "eval_flags": eval_flags, "scale": scale}
+util.run_cli(lambda: util.claim_folder(folder, "scripts/experiments/compare.sh", settings,
                                        ("logs", "results_table.txt", "comparison.png"), overwrite=None).save())
 EOF
 mkdir -p "$logs"
@@ -124,7 +134,8 @@ for entry in "${datasets[@]}"; do
     data="$out/$name/data"
     if ! complete "$data"; then
         say "$name: synthetic data ${generator_flags[*]}"
-        run "${name}_data" "$python" scripts/make_synthetic_casme3.py --out "$data" --seed 0 --samples_per_subject 10 \
+        run "${name}_data" "$python" scripts/data/make_synthetic_casme3.py --out "$data" --seed 0 --samples_per_subject 10 \
+            "${scale_flags[@]}" \
             --image_size $((image_size * 9 / 8)) "${generator_flags[@]}"
     fi
     # the threshold that best separates the pool's pairs without action, and the epochs that give
@@ -189,5 +200,5 @@ done
 say "done"
 compared=()
 [[ " ${encoders[*]} " == *" random "* ]] && compared=(--baseline "random init" --plot "$out/comparison.png")
-"$python" scripts/results_table.py "${compared[@]}" "${rows[@]}" | tee "$out/results_table.txt"
+"$python" scripts/experiments/results_table.py "${compared[@]}" "${rows[@]}" | tee "$out/results_table.txt"
 echo "mean ± std over seeds ${seeds[*]}; table: $out/results_table.txt${compared:+; figure: $out/comparison.png}; logs: $logs"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # LOSO fine-tuning split across GPUs or CPU workers (and nodes), then the aggregate step.
 #
-#   bash scripts/sweep_subjects.sh [--workers N] [--nodes M --node_rank K] FINE-TUNE FLAGS...
+#   bash scripts/cluster/sweep_subjects.sh [--workers N] [--nodes M --node_rank K] FINE-TUNE FLAGS...
 #
 # Without --workers: one process per GPU of CUDA_VISIBLE_DEVICES (all GPUs nvidia-smi lists when
 # it is unset). With --workers N, or without GPUs: N CPU processes (default: one per core), each
@@ -14,12 +14,12 @@
 # into results.json; it refuses, naming them, while subjects are missing. With several nodes run
 # `python fine-tune_CVSCL.py FLAGS --aggregate_only` once every node has finished. Examples:
 #
-#   CUDA_VISIBLE_DEVICES=0,1,2,3 bash scripts/sweep_subjects.sh --data_folder DIR --model_path CKPT
-#   srun --nodes 2 --ntasks-per-node 1 bash -c 'bash scripts/sweep_subjects.sh --nodes "$SLURM_NNODES" \
+#   CUDA_VISIBLE_DEVICES=0,1,2,3 bash scripts/cluster/sweep_subjects.sh --data_folder DIR --model_path CKPT
+#   srun --nodes 2 --ntasks-per-node 1 bash -c 'bash scripts/cluster/sweep_subjects.sh --nodes "$SLURM_NNODES" \
 #       --node_rank "$SLURM_NODEID" --data_folder DIR --model_path CKPT'
 set -euo pipefail
 
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 python="${PYTHON:-$repo/.venv/bin/python}"
 [[ -x "$python" ]] || python="$(command -v python3)"
 script="$repo/fine-tune_CVSCL.py"

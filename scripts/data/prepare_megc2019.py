@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dataset import RGB_GAIN  # noqa: E402
 from scripts.datatools.megc2019.prepare import Settings, prepare  # noqa: E402
@@ -18,7 +18,7 @@ from util import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, ArgumentParser, run_c
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of `scripts/prepare_megc2019.py`."""
+    """The command line of `scripts/data/prepare_megc2019.py`."""
     parser = ArgumentParser(
         description="Prepare the MEGC2019 composite database for DVSCL: RGB onset-apex difference images of "
                     "SMIC-HS, CASME II and SAMM, 3 classes (negative, positive, surprise), and LOSO lists over "

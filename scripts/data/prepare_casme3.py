@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dataset import DEPTH_GAIN, RGB_GAIN  # noqa: E402
 from scripts.datatools.casme3.images import MEASURES  # noqa: E402
@@ -19,7 +19,7 @@ from util import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Argumen
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of `scripts/prepare_casme3.py`."""
+    """The command line of `scripts/data/prepare_casme3.py`."""
     parser = ArgumentParser(
         description="Prepare CAS(ME)^3 for DVSCL: RGB, depth and grey (luma, for --view RGB_gray) difference "
                     "images of the labeled MEs, LOSO lists and an unlabeled pre-training pool with per-pair "

@@ -1,6 +1,6 @@
 """Print one table (acc / UF1 / UAR) from evaluation results, with paired differences to a baseline.
 
-Usage: python scripts/results_table.py [--baseline TEXT] [--plot PNG] "LABEL=PATH[,PATH...]" ...
+Usage: python scripts/experiments/results_table.py [--baseline TEXT] [--plot PNG] "LABEL=PATH[,PATH...]" ...
 PATH is a run folder (or the results.json in it). With several paths (runs of several
 pre-training seeds, say) or one run of several evaluation seeds the table shows mean ± std.
 Results over several databases (MEGC2019 composite) get one more row per database, pooled within it.
@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from evaluation.metrics import Interval, Resamples, RunConfusions, plot_comparison  # noqa: E402
+import util  # noqa: E402
 from util import ArgumentParser, UserError, run_cli  # noqa: E402
 
 PROTOCOLS = {"loso": "LOSO", "kfold": "k-fold probe"}
@@ -37,9 +37,11 @@ def read_results(path: Path) -> dict:
     """The results.json at `path` (or in the run folder `path`)."""
     if path.is_dir():
         path = path / "results.json"
-    if not path.is_file():
-        raise UserError(f"{path}: results not found")
-    return json.loads(path.read_text())
+    results = util.read_json(path, "results")
+    missing = [key for key in ("protocol", "acc", "uf1", "uar") if not isinstance(results, dict) or key not in results]
+    if missing:
+        raise UserError(f"{path}: damaged results (no {', '.join(missing)}); run the evaluation's --aggregate_only")
+    return results
 
 
 def read_confusions(path: Path, n_classes: int) -> RunConfusions:

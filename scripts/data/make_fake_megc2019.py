@@ -2,7 +2,7 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from scripts.datatools.megc2019.fake import build_fake_releases  # noqa: E402
 from util import ArgumentParser, run_cli  # noqa: E402

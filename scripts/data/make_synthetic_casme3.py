@@ -1,9 +1,9 @@
 """Write a synthetic CAS(ME)^3-like dataset in the real DVSCL layout (scripts/datatools/synthetic/).
 
-    python scripts/make_synthetic_casme3.py --out DIR --seed 0
+    python scripts/data/make_synthetic_casme3.py --out DIR --seed 0
 
 Then ``--data_folder DIR`` is all an entry script needs: the lists are under DIR/data. With
-``--raw_release`` the same data is written as a raw release for scripts/prepare_casme3.py instead.
+``--raw_release`` the same data is written as a raw release for scripts/data/prepare_casme3.py instead.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from scripts.datatools.fake_release import ANNOTATION_NAME  # noqa: E402  (after the sys.path line)
 from scripts.datatools.synthetic import generate as synthetic  # noqa: E402
@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--raw_release", action="store_true",
                         help="write the same subjects, samples and pool pairs as a raw CAS(ME)^3 release (Part A "
                              "and Part B frames, the annotation workbook, ground_truth.csv) for "
-                             "scripts/prepare_casme3.py, instead of difference images and lists")
+                             "scripts/data/prepare_casme3.py, instead of difference images and lists")
     nuisance = parser.add_argument_group(
         "regime (nuisances)", "--regime picks a preset; each flag below overrides one of its values "
                               "(default: the preset's, shown per regime)")
@@ -105,7 +105,7 @@ def _raw_release_lines(summary: dict, out: Path) -> list[str]:
     frames, pool = summary["frames"], summary["pool"]
     return [f"frames: {frames[PART_A]} in {PART_A}, {frames[PART_B]} in {PART_B}; pool pairs: {pool['part_a']} in "
             f"{PART_A}, {pool['part_b']} in {PART_B}; truth: {out / GROUND_TRUTH_NAME}",
-            f"prepare: python scripts/prepare_casme3.py --root {out / PART_A} --part_b_root {out / PART_B} "
+            f"prepare: python scripts/data/prepare_casme3.py --root {out / PART_A} --part_b_root {out / PART_B} "
             f"--annotation \"{out / ANNOTATION_NAME}\" --out OUT --classes {summary['arguments']['n_classes']} "
             f"--image_size {summary['arguments']['image_size']} [--motion_compensation]"]
 

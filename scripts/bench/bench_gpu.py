@@ -1,7 +1,7 @@
-"""GPU benchmark of pre-training and LOSO (a benchmark, not a test; `scripts/gpu_check.sh` runs it).
+"""GPU benchmark of pre-training and LOSO (a benchmark, not a test; `scripts/bench/gpu_check.sh` runs it).
 
-    python scripts/bench_gpu.py --out out/gpu_check
-    python scripts/bench_gpu.py --models alexnet --precisions O2 --steps 4 --skip loso,syncs   # a quick look
+    python scripts/bench/bench_gpu.py --out out/gpu_check
+    python scripts/bench/bench_gpu.py --models alexnet --precisions O2 --steps 4 --skip loso,syncs   # a quick look
 
 Writes `bench_gpu.md` and `bench_gpu.json` to `--out`. On cuda:0, in order of priority (each part is
 skipped, with a note, once `--budget_s` seconds have passed):
@@ -10,8 +10,8 @@ skipped, with a note, once `--budget_s` seconds have passed):
   encoders, the two-bank memory, fused SGD) at `--batch_size` and `--image_size`, for every model
   and precision (fp32; O1 = float16 autocast with a GradScaler; O2 = bfloat16 autocast), bf16
   first; "compute only" serves one augmented batch again and again (no data cost, as
-  scripts/bench_pretrain.py); peak GPU memory (`torch.cuda.max_memory_allocated`) of the full step;
-- FLOPs per image counted as scripts/bench_pretrain.py counts them (forward and backward of both
+  scripts/bench/bench_pretrain.py); peak GPU memory (`torch.cuda.max_memory_allocated`) of the full step;
+- FLOPs per image counted as scripts/bench/bench_pretrain.py counts them (forward and backward of both
   encoders, `torch.utils.flop_counter`), and the achieved share of the GPU's dense peak in the
   precision the kernels run in (`PEAKS`; an unknown GPU gets no share, and a note);
 - data path: `ImageStore.batch` and the augmentation alone (the model a no-op), pairs/s, against
@@ -40,7 +40,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
@@ -49,7 +49,7 @@ from tqdm import tqdm  # noqa: E402
 import dataset  # noqa: E402
 import util  # noqa: E402
 from models import build_model  # noqa: E402
-from scripts import bench_pretrain  # noqa: E402
+from scripts.bench import bench_pretrain  # noqa: E402
 
 pretrain = util.load_script("pre-train_CVSCL.py")
 finetune = util.load_script("fine-tune_CVSCL.py")
@@ -266,8 +266,8 @@ def host_syncs(name: str, precision: str, store: dataset.ImageStore, data: Path,
 
 
 def make_synthetic(out: Path, *flags: str) -> Path:
-    """A synthetic dataset written by scripts/make_synthetic_casme3.py (its CLI is the stable entry)."""
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make_synthetic_casme3.py"), "--out", str(out), *flags],
+    """A synthetic dataset written by scripts/data/make_synthetic_casme3.py (its CLI is the stable entry)."""
+    subprocess.run([sys.executable, str(REPO / "scripts" / "data" / "make_synthetic_casme3.py"), "--out", str(out), *flags],
                    check=True, stdout=subprocess.DEVNULL)
     return out
 
@@ -325,7 +325,7 @@ def _f(value: float | None, digits: int = 1) -> str:
 def markdown(results: dict) -> str:
     """The report as markdown: set-up, the throughput table, targets, syncs, LOSO, notes."""
     info, gpu = results["device"], results["device"]["gpu"]
-    lines = ["# GPU benchmark (scripts/bench_gpu.py)", ""]
+    lines = ["# GPU benchmark (scripts/bench/bench_gpu.py)", ""]
     if gpu:
         lines.append(f"{gpu['name']} ({gpu['memory_gib']} GiB, {gpu['count']} visible), driver {gpu['driver']}, "
                      f"torch {info['torch']}, CUDA {info['cuda_build']}, cuDNN {info['cudnn']}, NCCL {gpu['nccl']}; "

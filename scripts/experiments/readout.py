@@ -30,12 +30,12 @@ A pre-trained encoder whose features predict head motion better than a random in
 predicting the action no better has learnt the nuisance. Usage, on a realistic-regime release
 (pass --motion_compensation to the preparation to register the apex to the onset first)::
 
-    python scripts/make_synthetic_casme3.py --out RAW --seed 0 --regime realistic --raw_release \\
+    python scripts/data/make_synthetic_casme3.py --out RAW --seed 0 --regime realistic --raw_release \\
         --subjects 10 --samples_per_subject 10 --image_size 108
-    python scripts/prepare_casme3.py --root RAW/partA --part_b_root RAW/partB \\
+    python scripts/data/prepare_casme3.py --root RAW/partA --part_b_root RAW/partB \\
         --annotation "RAW/cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx" --out DATA --classes 4 \\
         --image_size 108 --workers 2 [--motion_compensation]
-    python scripts/readout.py --data_folder DATA --ground_truth RAW/ground_truth.csv \\
+    python scripts/experiments/readout.py --data_folder DATA --ground_truth RAW/ground_truth.csv \\
         --encoder "random init=none" --encoder "DVSCL=CKPT" [--out readout.json]
 
 `--image_size` defaults to the checkpoint's (as the evaluations resolve it); a `none` encoder takes
@@ -57,7 +57,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import dataset  # noqa: E402
 import util  # noqa: E402
@@ -290,7 +290,7 @@ def features(encoder: Encoder, samples: Sequence[dataset.Sample], stores: dict[i
 def build_parser() -> util.ArgumentParser:
     parser = util.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_folder", required=True,
-                        help="a dataset prepared by scripts/prepare_casme3.py from a synthetic raw release")
+                        help="a dataset prepared by scripts/data/prepare_casme3.py from a synthetic raw release")
     parser.add_argument("--list_folder", default=None, help="its lists (default: DATA_FOLDER/data)")
     parser.add_argument("--ground_truth", required=True, type=Path,
                         help="the raw release's ground_truth.csv (its key column is the prepared sample key)")

@@ -7,7 +7,7 @@ vector; for each subject, a standardiser and an L2-regularised logistic regressi
 the other subjects' samples and predict that subject's. UF1 and UAR are pooled over all
 predictions, as the LOSO scripts report them, once per inverse regularisation strength `--C`.
 
-    python scripts/pixel_baseline.py --data_folder out/demo/default/data [--size 16] [--C 0.01 0.1 1]
+    python scripts/experiments/pixel_baseline.py --data_folder out/demo/default/data [--size 16] [--C 0.01 0.1 1]
 
 A baseline that an encoder's frozen features do not beat says more about the features than about
 the labels: docs/findings/realistic-regime.md has the synthetic data's numbers.
@@ -22,7 +22,7 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import dataset  # noqa: E402
 from evaluation.metrics import compute_metrics  # noqa: E402

@@ -25,7 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import util  # noqa: E402
 from dataset import (CLASS_LIST, DEFAULT_CLASS_NAMES, DEPTH_LISTS, GRAY_LISTS, LIST_FOLDER, RGB_LISTS,  # noqa: E402
@@ -97,7 +97,7 @@ def differing(out: Path, files: dict[str, list[str]]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of `scripts/make_published_split.py`."""
+    """The command line of `scripts/data/make_published_split.py`."""
     parser = ArgumentParser(description="Write the published CAS(ME)^3 LOSO split (test lists of 95 "
                                         "subjects in three views) from its CSV into a list folder.")
     parser.add_argument("--csv", required=True, help="the split as a CSV: key, subject, label, dbtype, rgb, depth, gray")
