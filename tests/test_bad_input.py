@@ -162,3 +162,45 @@ def test_a_folder_of_other_settings_or_finished_checkpoints_is_refused(pool: Pat
     assert "--overwrite: removing 3 file(s) of the earlier run" in capsys.readouterr().out
     assert len((folder / "log.jsonl").read_text().splitlines()) == 1
     assert len(list((tmp_path / "tb" / f"mine_{util.folder_digest(folder)}").glob("events.out.tfevents.*"))) == 1
+
+
+linear_probe = util.load_script("LinearProbing_CVSCL_10fold.py")
+
+
+@pytest.mark.parametrize("main, flags, message", [
+    (finetune.main, ["--crop_low", "2"], "argument --crop_low: 2: must be a number in (0, 1]"),
+    (finetune.main, ["--seed", "-1"], "argument --seed: -1: must be a seed in 0..4294967295"),
+    (finetune.main, ["--grayscale_p", "1.5"], "argument --grayscale_p: 1.5: must be a number in [0, 1]"),
+    (linear_probe.main, ["--split_seed", "-1"], "argument --split_seed: -1: must be a seed in 0..4294967295"),
+    (pretrain.main, ["--seed", "x"], "argument --seed: 'x': expected a seed in 0..4294967295"),
+])
+def test_ranges_are_declared_with_the_flags(synthetic_data: Path, tmp_path: Path, capsys, main, flags,
+                                            message) -> None:
+    argv = run_args(synthetic_data, tmp_path, *flags) if main is pretrain.main else loso_args(synthetic_data, tmp_path,
+                                                                                             *flags)
+    assert message in fails(main, argv, capsys)
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_unwritable_cache_dir_is_one_line(synthetic_data: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """A read-only file system (simulated: the tests run as root, who may write anywhere)."""
+    import numpy as np
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", read_only)
+    cache = tmp_path / "cache"
+    line = fails(finetune.main, loso_args(synthetic_data, tmp_path / "out", "--subjects", "spNO59",
+                                          "--freeze_encoder", "--cache_dir", str(cache)), capsys)
+    assert line == f"error: --cache_dir {cache}: could not write the decoded images (Read-only file system)"
+    assert not list(cache.iterdir())
+
+
+@pytest.mark.parametrize("content", ["", '{"protocol": "loso", "acc"', "[]", '{"protocol": "loso", "acc": 1}'])
+def test_a_damaged_results_json_is_one_line_in_results_table(tmp_path: Path, capsys, content: str) -> None:
+    from scripts.experiments import results_table
+
+    (tmp_path / "results.json").write_text(content)
+    line = fails(results_table.main, [f"x={tmp_path}"], capsys)
+    assert line.startswith(f"error: {tmp_path / 'results.json'}: damaged results")
