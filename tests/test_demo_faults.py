@@ -16,10 +16,10 @@ import pytest
 from util import REPO_ROOT
 
 KILLS = 10
-# A demo of seconds instead of minutes: 5 subjects, a pool of 120 pairs, 2 epochs everywhere.
+# A demo of seconds instead of minutes: 10 subjects of 3 samples, a pool of 120 pairs, 2 epochs everywhere.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "IMAGE_SIZE": "64", "PRETRAIN_EPOCHS": "2",
-       "EVAL_FLAGS": "--epochs 2", "DATASETS": "default=--subjects 4 --samples_per_subject 6 --pool_per_subject 24 "
-                                               "--pool_only_subjects 1"}
+       "EVAL_FLAGS": "--epochs 2", "DATASETS": "default=--subjects 10 --samples_per_subject 3 --pool_per_subject 10 "
+                                               "--pool_only_subjects 2"}
 
 
 def demo(out: Path) -> subprocess.Popen:
