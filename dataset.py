@@ -969,9 +969,8 @@ def augment_from_args(args: argparse.Namespace, train: bool) -> PairAugment:
     """The augmentation the flags describe; `train=False` gives the deterministic test transform."""
     return PairAugment(image_size=args.image_size, train=train, rgb_mean=tuple(args.rgb_mean),
                        rgb_std=tuple(args.rgb_std), depth_mean=args.depth_mean,
-                       depth_std=args.depth_std, crop_low=getattr(args, "crop_low", 1.0),
-                       flip=not getattr(args, "no_flip", True), jitter=getattr(args, "jitter", 0.0),
-                       grayscale_p=getattr(args, "grayscale_p", 0.0))
+                       depth_std=args.depth_std, crop_low=args.crop_low, flip=not args.no_flip, jitter=args.jitter,
+                       grayscale_p=args.grayscale_p)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -984,10 +983,15 @@ def augment_from_args(args: argparse.Namespace, train: bool) -> PairAugment:
 SECOND_VIEW_STATS = {"RGB_D": (0.0423, 0.1761), "RGB_gray": (0.4471, 0.4495), "RGB": (0.0, 1.0)}
 
 
-def add_data_args(parser: argparse.ArgumentParser, image_size: int = 224,
-                  views: Sequence[str] = ("RGB_D", "RGB_gray")) -> None:
-    """Data and augmentation flags common to pre-training, probing and fine-tuning; `views` are
-    the `--view` choices (the first is the default)."""
+# The RGB view's normalisation when neither the flags nor a checkpoint give it.
+RGB_STATS = {"rgb_mean": [0.4454, 0.4474, 0.4504], "rgb_std": [0.4474, 0.4505, 0.4502]}
+
+
+def add_data_args(parser: argparse.ArgumentParser, views: Sequence[str] = ("RGB_D", "RGB_gray"),
+                  from_checkpoint: bool = False) -> None:
+    """Data flags common to pre-training, probing and fine-tuning; `views` are the `--view`
+    choices (the first is the default). With `from_checkpoint` (the evaluations) `--image_size`
+    and the normalisation default to None: the checkpoint's values, resolved by the caller."""
     group = parser.add_argument_group("data")
     group.add_argument("--data_folder", type=str, required=True,
                        help="dataset root; list paths are relative to it; lists are looked for in "
@@ -1004,14 +1008,18 @@ def add_data_args(parser: argparse.ArgumentParser, image_size: int = 224,
                                     help="rewrite list paths starting with OLD to start with NEW (repeatable)"))
     group.add_argument("--strict_pairs", action="store_true",
                        help="a sample present in only one view is an error instead of a warning")
-    group.add_argument("--image_size", type=util.POSITIVE_INT, default=image_size, help="network input size (>= 64)")
+    group.add_argument("--image_size", type=util.POSITIVE_INT, default=None if from_checkpoint else 224,
+                       help="network input size (>= 64)" + ("; default: the checkpoint's, else 224" if from_checkpoint
+                                                           else ""))
     group.add_argument("--load_size", type=util.POSITIVE_INT, default=None,
                        help="size images are decoded to before cropping (default image_size*8/7)")
     process_only(group.add_argument("--num_workers", type=util.NON_NEGATIVE_INT, default=2, help="threads decoding images"))
     process_only(group.add_argument("--cache_dir", type=str, default=None,
                                     help="keep decoded images in memory-mapped files here (reused across runs)"))
-    group.add_argument("--rgb_mean", type=float, nargs=3, default=[0.4454, 0.4474, 0.4504])
-    group.add_argument("--rgb_std", type=float, nargs=3, default=[0.4474, 0.4505, 0.4502])
+    for key, value in RGB_STATS.items():
+        group.add_argument(f"--{key}", type=float, nargs=3, default=None if from_checkpoint else value,
+                           help=f"{key.replace('_', ' ')} of the RGB view" + (
+                               f"; default: the checkpoint's, else {value}" if from_checkpoint else ""))
     group.add_argument("--depth_mean", type=float, default=None,
                        help="mean of the second view; default 0.0423 for depth, 0.4471 for grey")
     group.add_argument("--depth_std", type=float, default=None,

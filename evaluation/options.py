@@ -143,8 +143,7 @@ def add_eval_args(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
                                               "when CUDA is available and --device is auto or cuda; no process group "
                                               "is formed"))
     util.process_only(group.add_argument("--no_progress", action="store_true", help="no progress bars"))
-    dataset.add_data_args(parser, views=("RGB_D", "RGB_gray", "RGB"))
-    parser.set_defaults(image_size=None, **{k: None for k in NORMALISATION})
+    dataset.add_data_args(parser, views=("RGB_D", "RGB_gray", "RGB"), from_checkpoint=True)
     dataset.add_augment_args(parser, crop_low=0.8, jitter=0.0, grayscale_p=0.0)
 
 
@@ -175,11 +174,9 @@ def resolve(args: argparse.Namespace) -> EncoderSpec:
                              f"(--layer 1..5); {spec.name} layer {args.layer} has none")
     if args.image_size is None:
         args.image_size = spec.image_size or 224
-    data_defaults = argparse.ArgumentParser()
-    dataset.add_data_args(data_defaults)
     for key in NORMALISATION:
         if getattr(args, key) is None:
-            setattr(args, key, spec.normalisation.get(key, data_defaults.get_default(key)))
+            setattr(args, key, spec.normalisation.get(key, dataset.RGB_STATS.get(key)))
     if spec.view and args.view != "RGB" and spec.view != args.view:
         print(f"warning: {spec.source} was pre-trained with --view {spec.view}, evaluated with --view {args.view}: "
               "its second encoder meets another kind of image", file=sys.stderr)
