@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -204,3 +205,27 @@ def test_a_damaged_results_json_is_one_line_in_results_table(tmp_path: Path, cap
     (tmp_path / "results.json").write_text(content)
     line = fails(results_table.main, [f"x={tmp_path}"], capsys)
     assert line.startswith(f"error: {tmp_path / 'results.json'}: damaged results")
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64"),
+                                     OSError(28, "No space left on device")])
+def test_a_failed_write_is_one_line_naming_the_path_and_keeps_the_old_file(tmp_path: Path, monkeypatch,
+                                                                           failure: Exception) -> None:
+    """A full disk under torch.save (whose message need not say 'write') or under a figure."""
+    from evaluation import metrics
+
+    target = tmp_path / "last.pth"
+    torch.save({"epoch": 1}, target)
+
+    def failing(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(torch, "save", failing)
+    with pytest.raises(util.UserError, match=rf"^{target}: could not be written \(.+\); any earlier version of it is "
+                                             "intact$"):
+        util.atomic_save({"epoch": 2}, target)
+    assert torch.load(target, weights_only=True) == {"epoch": 1}
+    monkeypatch.setattr(Path, "write_bytes", failing)
+    with pytest.raises(util.UserError, match=r"confusion.png: could not be written"):
+        metrics.plot_confusion(np.eye(2, dtype=int), ["a", "b"], tmp_path / "confusion.png", "t")
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
