@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 import util
-from helpers import fails, run_args
+from helpers import fails, loso_args, run_args
 
 pretrain = util.load_script("pre-train_CVSCL.py")
+finetune = util.load_script("fine-tune_CVSCL.py")
 
 
 def claimed(folder: Path, settings: dict, tool: str = "tool-a", owns: tuple[str, ...] = ("out*",)) -> util.RunRecord:
@@ -112,3 +113,13 @@ def test_two_data_folders_keep_their_tensorboard_files_apart(pool: Path, tmp_pat
     mine = tmp_path / "tb" / f"{runs[0].name}_{util.folder_digest(runs[0])}"
     assert {p: b for p, b in kept.items() if mine not in p.parents} == \
         {p: p.read_bytes() for p in (tmp_path / "tb").rglob("*") if p.is_file() and mine not in p.parents}
+
+
+@pytest.mark.parametrize("content", ["{}", "", "[1, 2]"])
+def test_a_damaged_unit_file_is_one_line(synthetic_data: Path, tmp_path: Path, capsys, content: str) -> None:
+    argv = loso_args(synthetic_data, tmp_path, "--freeze_encoder", "--subjects", "spNO59", "--run_name", "run")
+    finetune.main(argv)
+    unit = tmp_path / "run" / "units" / "seed0" / "spNO59.json"
+    unit.write_text(content)
+    line = fails(finetune.main, [*argv, "--aggregate_only"], capsys)
+    assert line.startswith(f"error: {unit}: damaged unit result")
