@@ -45,20 +45,20 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     util.process_only(parser.add_argument("--print_freq", type=util.POSITIVE_INT, default=10,
                                           help="steps between read-backs of the step values from the device: "
                                                "progress-bar updates and the non-finite loss check"))
-    util.process_only(parser.add_argument("--save_freq", type=int, default=10,
+    util.process_only(parser.add_argument("--save_freq", type=util.POSITIVE_INT, default=10,
                                           help="epochs between numbered checkpoints"))
-    util.process_only(parser.add_argument("--last_interval", type=float, default=300,
+    util.process_only(parser.add_argument("--last_interval", type=util.NON_NEGATIVE, default=300,
                                           help="seconds between saves of last.pth, the resume point, which is "
                                                "also saved with every numbered checkpoint and after the last "
                                                "epoch; 0 = after every epoch"))
-    parser.add_argument("--batch_size", type=int, default=128,
+    parser.add_argument("--batch_size", type=util.AT_LEAST_TWO, default=128,
                         help="pairs per process and step; the global batch is this times the number of processes")
-    parser.add_argument("--epochs", type=int, default=240, help="epochs over the pool")
-    parser.add_argument("--learning_rate", type=float, default=0.003, help="SGD learning rate (per process; see --scale_lr)")
+    parser.add_argument("--epochs", type=util.POSITIVE_INT, default=240, help="epochs over the pool")
+    parser.add_argument("--learning_rate", type=util.POSITIVE, default=0.003, help="SGD learning rate (per process; see --scale_lr)")
     parser.add_argument("--lr_decay_epochs", type=str, default="160,200", help="epochs after which the lr decays")
     parser.add_argument("--lr_decay_rate", type=util.POSITIVE, default=0.1, help="factor of each lr decay")
-    parser.add_argument("--weight_decay", type=float, default=1e-4, help="SGD weight decay")
-    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    parser.add_argument("--weight_decay", type=util.NON_NEGATIVE, default=1e-4, help="SGD weight decay")
+    parser.add_argument("--momentum", type=util.NON_NEGATIVE, default=0.9, help="SGD momentum")
     parser.add_argument("--scale_lr", action="store_true",
                         help="multiply --learning_rate by the number of processes (linear scaling rule)")
     parser.add_argument("--sync_bn", action="store_true",
@@ -67,10 +67,10 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
                                           help="checkpoint to continue from"))
     parser.add_argument("--model", type=str, default="alexnet", choices=MODEL_NAMES)
     parser.add_argument("--softmax", action="store_true", help="softmax-NCE (InfoNCE) instead of NCE")
-    parser.add_argument("--nce_k", type=int, default=4096, help="negatives per positive")
-    parser.add_argument("--nce_t", type=float, default=0.07, help="temperature")
-    parser.add_argument("--nce_m", type=float, default=0.5, help="memory-bank momentum")
-    parser.add_argument("--feat_dim", type=int, default=128, help="embedding size")
+    parser.add_argument("--nce_k", type=util.POSITIVE_INT, default=4096, help="negatives per positive")
+    parser.add_argument("--nce_t", type=util.POSITIVE, default=0.07, help="temperature")
+    parser.add_argument("--nce_m", type=util.FRACTION, default=0.5, help="memory-bank momentum")
+    parser.add_argument("--feat_dim", type=util.POSITIVE_INT, default=128, help="embedding size")
     parser.add_argument("--exclude_self", action="store_true",
                         help="never draw the anchor as its own negative (the original draws uniformly)")
     parser.add_argument("--bank_dtype", choices=["float32", "float16"], default="float32",
@@ -102,12 +102,6 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     dataset.finish_data_args(args)
     args.lr_decay_epochs = util.parse_int_list(args.lr_decay_epochs)
-    if args.batch_size < 2:
-        raise util.UserError("--batch_size must be at least 2 (batch norm needs two samples)")
-    util.check_numbers(args, positive=("epochs", "nce_k", "nce_t", "learning_rate", "feat_dim", "save_freq"),
-                       non_negative=("weight_decay", "momentum", "last_interval"))
-    if not 0 <= args.nce_m < 1:
-        raise util.UserError(f"--nce_m {args.nce_m}: the bank momentum must be in [0, 1)")
     args.method = "softmax" if args.softmax else "nce"
     args.model_name = args.run_name or default_run_name(args)
     args.model_folder = str(Path(args.model_path) / args.model_name)

@@ -474,16 +474,8 @@ FRACTION = _ranged(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 PROBABILITY = _ranged(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 SHARE = _ranged(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 SEED = _ranged(int, lambda v: 0 <= v < 2**32, "a seed in 0..4294967295")
-
-
-def check_numbers(args: argparse.Namespace, positive: Sequence[str] = (), non_negative: Sequence[str] = ()) -> None:
-    """A `UserError` naming the first flag of `positive` that is not > 0 (NaN included) or of
-    `non_negative` that is not >= 0."""
-    for names, ok, what in ((positive, lambda v: v > 0, "positive"), (non_negative, lambda v: v >= 0, "at least 0")):
-        for name in names:
-            value = getattr(args, name)
-            if not ok(value):
-                raise UserError(f"--{name} {value}: must be {what}")
+# a batch (batch norm needs two samples) or a class count
+AT_LEAST_TWO = _ranged(int, lambda v: v >= 2, "a whole number >= 2")
 
 
 def sgd(params, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:

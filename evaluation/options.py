@@ -40,7 +40,7 @@ def add_eval_args(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
     group.add_argument("--model", type=str, default=None, choices=MODEL_NAMES,
                        help="architecture; default: the checkpoint's (alexnet with --model_path none). "
                             "Disagreeing with the checkpoint is an error")
-    group.add_argument("--feat_dim", type=int, default=None,
+    group.add_argument("--feat_dim", type=util.POSITIVE_INT, default=None,
                        help="embedding size; default: the checkpoint's (128 with --model_path none)")
     group.add_argument("--layer", type=int, default=defaults.layer,
                        help="encoder layer whose pooled features feed the linear head: alexnet conv1..5 = "
@@ -77,10 +77,10 @@ def add_eval_args(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
                        help="early stopping: hold out this many of a unit's training subjects (never its test "
                             "subject) and keep the epoch of best validation UAR (0: off, the last epoch)")
     group = parser.add_argument_group("training (a fixed budget: no epoch or model is chosen on test data)")
-    group.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs of each unit's training")
-    group.add_argument("--batch_size", "--batchsize", dest="batch_size", type=int, default=defaults.batch_size,
+    group.add_argument("--epochs", type=util.POSITIVE_INT, default=defaults.epochs, help="epochs of each unit's training")
+    group.add_argument("--batch_size", "--batchsize", dest="batch_size", type=util.AT_LEAST_TWO, default=defaults.batch_size,
                        help="samples per step")
-    group.add_argument("--learning_rate", type=float, default=defaults.learning_rate, help="head learning rate")
+    group.add_argument("--learning_rate", type=util.POSITIVE, default=defaults.learning_rate, help="head learning rate")
     group.add_argument("--no_head_bn", dest="head_bn", action="store_false",
                        help="no BatchNorm (without affine parameters) standardising the features before the "
                             "linear head; without it the probe depends on the scale of the features")
@@ -92,8 +92,8 @@ def add_eval_args(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
                             "small labeled set still carry their start at mean 0 / variance 1 "
                             "(docs/evaluation-recipe.md)")
     group.add_argument("--optimizer", choices=("sgd", "adam"), default=defaults.optimizer)
-    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    group.add_argument("--weight_decay", type=float, default=defaults.weight_decay, help="weight decay towards zero")
+    group.add_argument("--momentum", type=util.NON_NEGATIVE, default=0.9, help="SGD momentum")
+    group.add_argument("--weight_decay", type=util.NON_NEGATIVE, default=defaults.weight_decay, help="weight decay towards zero")
     group.add_argument("--lr_schedule", choices=SCHEDULES, default="cosine",
                        help="per-epoch schedule: cosine to zero, step decays, or constant")
     group.add_argument("--lr_decay_epochs", type=str, default="",
@@ -112,11 +112,11 @@ def add_eval_args(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
                             "are extracted once)")
     group.add_argument("--no_augment", dest="augment", action="store_const", const=False,
                        help="train on the deterministic test transform")
-    group.add_argument("--n_label", type=int, default=None,
+    group.add_argument("--n_label", type=util.AT_LEAST_TWO, default=None,
                        help="number of classes; default: largest label in the lists + 1")
     group.add_argument("--seed", type=util.SEED, default=0, help="seed of head init, batch order, augmentation "
                        "(and of the encoder with --model_path none)")
-    util.process_only(group.add_argument("--seeds", type=int, default=1,
+    util.process_only(group.add_argument("--seeds", type=util.POSITIVE_INT, default=1,
                                          help="repeat the whole protocol with seeds SEED..SEED+N-1; results give mean"
                                               " and std"))
     util.process_only(group.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N"))
@@ -153,16 +153,6 @@ def resolve(args: argparse.Namespace) -> EncoderSpec:
     `--image_size` and the normalisation statistics default to the checkpoint's pre-training
     values (224 and the data layer's defaults without them).
     """
-    if args.epochs < 1:
-        raise util.UserError(f"--epochs {args.epochs}: must be at least 1")
-    if args.batch_size < 2:
-        raise util.UserError(f"--batch_size {args.batch_size}: must be at least 2 (batch norm)")
-    if args.seeds < 1:
-        raise util.UserError(f"--seeds {args.seeds}: must be at least 1")
-    if args.n_label is not None and args.n_label < 2:
-        raise util.UserError(f"--n_label {args.n_label}: must be at least 2")
-    util.check_numbers(args, positive=("learning_rate",),
-                       non_negative=("momentum", "weight_decay", "focal_gamma"))
     args.lr_decay_epochs = util.parse_int_list(args.lr_decay_epochs)
     spec = load_encoder_spec(args.model_path, args.model, args.feat_dim)
     args.model, args.feat_dim, args.checkpoint_sha1 = spec.name, spec.feat_dim, spec.digest

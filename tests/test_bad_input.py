@@ -19,14 +19,14 @@ finetune = util.load_script("fine-tune_CVSCL.py")
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--nce_k", "0"], "--nce_k 0: must be positive"),
-    (["--nce_k", "-5"], "--nce_k -5: must be positive"),
-    (["--nce_t", "0"], "--nce_t 0.0: must be positive"),
-    (["--nce_t", "nan"], "--nce_t nan: must be positive"),
-    (["--learning_rate", "-1"], "--learning_rate -1.0: must be positive"),
-    (["--epochs", "0"], "--epochs 0: must be positive"),
-    (["--epochs", "-1"], "--epochs -1: must be positive"),
-    (["--nce_m", "1"], "--nce_m 1.0: the bank momentum must be in [0, 1)"),
+    (["--nce_k", "0"], "argument --nce_k: 0: must be a whole number > 0"),
+    (["--nce_k", "-5"], "argument --nce_k: -5: must be a whole number > 0"),
+    (["--nce_t", "0"], "argument --nce_t: 0: must be a number > 0"),
+    (["--nce_t", "nan"], "argument --nce_t: nan: must be a number > 0"),
+    (["--learning_rate", "-1"], "argument --learning_rate: -1: must be a number > 0"),
+    (["--epochs", "0"], "argument --epochs: 0: must be a whole number > 0"),
+    (["--epochs", "-1"], "argument --epochs: -1: must be a whole number > 0"),
+    (["--nce_m", "1"], "argument --nce_m: 1: must be a number in [0, 1)"),
     (["--device", "gpu0"], "--device gpu0: expected auto, cpu, cuda or cuda:N"),
 ])
 def test_pretrain_refuses_bad_numbers_and_devices(pool: Path, tmp_path: Path, capsys, flags, message) -> None:
@@ -36,8 +36,8 @@ def test_pretrain_refuses_bad_numbers_and_devices(pool: Path, tmp_path: Path, ca
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--learning_rate", "-1"], "--learning_rate -1.0: must be positive"),
-    (["--learning_rate", "0"], "--learning_rate 0.0: must be positive"),
+    (["--learning_rate", "-1"], "argument --learning_rate: -1: must be a number > 0"),
+    (["--learning_rate", "0"], "argument --learning_rate: 0: must be a number > 0"),
     (["--encoder_lr_mult", "-0.1"], "argument --encoder_lr_mult: -0.1: must be a number >= 0"),
     (["--device", "gpu0"], "--device gpu0: expected auto, cpu, cuda or cuda:N"),
 ])
