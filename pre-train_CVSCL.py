@@ -160,8 +160,7 @@ def check_resume(args: argparse.Namespace, n_pool: int) -> dict | None:
                              f"run asks for {args.model} feat_dim {args.feat_dim}")
     run = ckpt["run"]
     here = identity(args)
-    differ = util.settings_difference({k: v for k, v in run["settings"].items() if k not in RESUMABLE},
-                                      {k: v for k, v in here.items() if k not in RESUMABLE})
+    differ = util.settings_difference(run["settings"], here, ignore=RESUMABLE)
     new_run = args.run_name is not None and Path(run["folder"]) != Path(args.model_folder).resolve()
     if differ and not new_run:
         raise util.UserError(f"{path}: a checkpoint of a run of other settings ({differ}); to start a new run "
@@ -197,9 +196,8 @@ def claim_run_folder(args: argparse.Namespace, ckpt: dict | None) -> tuple[util.
     if record.stale:
         print(f"--overwrite: removing {len(record.stale)} file(s) of the earlier run in {folder} "
               f"and {len(tb_record.stale)} of its TensorBoard folder")
-    record.complete = False
-    for claimed in (record, tb_record):
-        claimed.save()
+    record.start()
+    tb_record.save()
     return record, tb_record
 
 

@@ -226,6 +226,12 @@ class RunRecord:
         atomic_write_json(self.path, {"format": RECORD_FORMAT, "tool": self.tool, "settings": self.settings,
                                       "owns": self.owns, "complete": self.complete, "details": self.details})
 
+    def start(self) -> None:
+        """Mark the run under way (not complete) and save the record: what a writer does once every
+        check has passed, before it writes anything else."""
+        self.complete = False
+        self.save()
+
     def finish(self, **details: Any) -> None:
         """Mark the run complete (adding `details`) and save the record."""
         self.complete = True
@@ -255,9 +261,10 @@ def read_record(folder: str | Path) -> RunRecord | None:
     return RunRecord(Path(folder), data["tool"], data["settings"], data["owns"], data["complete"], data["details"])
 
 
-def settings_difference(there: dict, here: dict, shown: int = 4) -> str:
-    """'' when equal, else the first `shown` differing settings as '--seed 0 there, 1 here; ...'."""
-    differ = sorted(k for k in set(there) | set(here) if there.get(k) != here.get(k))
+def settings_difference(there: dict, here: dict, ignore: Sequence[str] = (), shown: int = 4) -> str:
+    """'' when equal (the settings of `ignore` aside), else the first `shown` differing settings as
+    '--seed 0 there, 1 here; ...'."""
+    differ = sorted(k for k in set(there) | set(here) if k not in ignore and there.get(k) != here.get(k))
     text = "; ".join(f"--{k} {there.get(k)!r} there, {here.get(k)!r} here" for k in differ[:shown])
     return text + (f"; and {len(differ) - shown} more" if len(differ) > shown else "")
 
@@ -288,8 +295,7 @@ def claim_folder(folder: str | Path, tool: str, settings: dict, owns: Sequence[s
         return record
     if old.tool != tool:
         raise UserError(f"{old.path}: this folder was made by {old.tool}, not {tool}; pass another folder")
-    differ = settings_difference({k: v for k, v in old.settings.items() if k not in may_change},
-                                 {k: v for k, v in settings.items() if k not in may_change})
+    differ = settings_difference(old.settings, settings, ignore=may_change)
     if overwrite:
         record.stale = old.owned_entries()
     elif differ:

@@ -102,8 +102,7 @@ class RunFolder:
         """The run record, checked (a folder of another tool or of other settings is refused in one
         line) and saved; a folder of the same settings keeps its finished units."""
         record = util.claim_folder(self.root, tool, settings, RUN_OWNS, overwrite=None, details=details)
-        record.complete = False
-        record.save()
+        record.start()
         return record
 
     def record(self) -> util.RunRecord:

@@ -127,8 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the CSV's content, not its path, is what the lists come from (the repository's data/ records it too)
     csv_sha1 = hashlib.sha1(Path(args.csv).read_bytes()).hexdigest()
     record = util.claim_folder(out, TOOL, {"csv_sha1": csv_sha1}, OWNS, args.overwrite)
-    record.complete = False
-    record.save()
+    record.start()
     differ, stale = differing(out, files), stale_lists(out, files)
     for name in differ:
         write_list(out / name, files[name])

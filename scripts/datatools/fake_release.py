@@ -203,8 +203,7 @@ def build_fake_release(out: str | Path, overwrite: bool = False) -> FakeRelease:
     its paths."""
     out = Path(out)
     record = util.claim_folder(out, TOOL, {}, OWNS, overwrite)
-    record.complete = False
-    record.save()
+    record.start()
     release = FakeRelease(out / "partA", out / "partB", out / ANNOTATION_NAME, out / "boxes.csv",
                           out / "openface")
     boxes = []

@@ -75,8 +75,7 @@ def prepare(settings: Settings) -> dict:
     tree_a = SourceTree(Path(settings.root), "Part A", report)
     trees = ([tree_a] if "a" in settings.pool else []) + (
         [SourceTree(Path(settings.part_b_root), "Part B", report)] if "b" in settings.pool else [])
-    record.complete = False
-    record.save()
+    record.start()
 
     out = settings.out_dir
     rows = parse_rows(sheet, report, labeled=True)

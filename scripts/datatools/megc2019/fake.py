@@ -162,8 +162,7 @@ def build_fake_releases(out: str | Path, overwrite: bool = False) -> FakeRelease
     return their roots."""
     out = Path(out)
     record = util.claim_folder(out, TOOL, {}, OWNS, overwrite)
-    record.complete = False
-    record.save()
+    record.start()
     releases = FakeReleases(out / "SMIC", out / "CASME2", out / "SAMM")
     for i, (subject, cls, clip, first, n, apex) in enumerate(SMIC_CLIPS):
         folder = releases.smic / "HS" / f"s{subject}" / "micro" / cls / clip

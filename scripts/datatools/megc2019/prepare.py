@@ -136,8 +136,7 @@ def prepare(settings: Settings) -> dict:
     clips = read_clips(settings, report)
     if not clips:
         raise UserError(f"no usable micro-expression in {', '.join(str(getattr(settings, n)) for n in settings.given)}")
-    record.complete = False
-    record.save()
+    record.start()
     tasks = [ClipTask(c.subject, c.video, c.frames, c.apex, str(out / IMAGE_FOLDER / c.database / c.class_name),
                       settings.image_settings) for c in clips]
     samples = []

@@ -196,8 +196,7 @@ def _claim(out: Path, args: dict, overwrite: bool) -> util.RunRecord:
     record = util.claim_folder(out, TOOL, args, owns, overwrite)
     if not overwrite:  # the same arguments: the same entries (with overwrite, claim_folder lists the old run's)
         record.stale = record.owned_entries()
-    record.complete = False
-    record.save()
+    record.start()
     return record
 
 
