@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from dataset import DEPTH_GAIN, RGB_GAIN  # noqa: E402
 from scripts.datatools.casme3.images import MEASURES  # noqa: E402
 from scripts.datatools.casme3.prepare import prepare  # noqa: E402
-from scripts.datatools.casme3.settings import Settings  # noqa: E402
+from scripts.datatools.casme3.settings import POOL_GAP, POOL_STRIDE, Settings  # noqa: E402
 from util import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ArgumentParser, run_cli  # noqa: E402
 
 
@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     pool.add_argument("--pool_exclude", action="append", default=[],
                       help="more annotations (e.g. macro-expressions; columns Subject, Filename, Onset"
                            "[, Apex, Offset]) whose intervals stay out of the pool (repeatable)")
-    pool.add_argument("--gap", type=POSITIVE_INT, default=6, help="frames between the two frames of a pair")
-    pool.add_argument("--stride", type=POSITIVE_INT, default=30, help="frames between consecutive pairs")
+    pool.add_argument("--gap", type=POSITIVE_INT, default=POOL_GAP, help="frames between the two frames of a pair")
+    pool.add_argument("--stride", type=POSITIVE_INT, default=POOL_STRIDE, help="frames between consecutive pairs")
     pool.add_argument("--intensity", choices=MEASURES, default="mad",
                       help="pair intensity written to pretrain.txt: mad (mean absolute RGB difference in "
                            "the crop, 8-bit levels), flow (mean Farneback flow magnitude in output pixels), "

@@ -90,6 +90,9 @@ class Settings:
 # The settings an output folder keeps for good: those of its images (and of the cached measures).
 # The others (which MEs and pool pairs, their classes, the threshold) may change from run to run: a
 # re-run reuses every image made with the same image settings and rewrites the lists and reports.
+# How the pool's pairs are sampled from each video unless --gap / --stride say otherwise: frames
+# f and f + POOL_GAP, every POOL_STRIDE frames (the synthetic raw release places its pairs so).
+POOL_GAP, POOL_STRIDE = 6, 30
 IMAGE_SETTINGS = ("crop", "crop_margin", "image_size", "rgb_gain", "depth_gain", "motion_compensation",
                   "box_file_sha1")
 

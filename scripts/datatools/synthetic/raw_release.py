@@ -39,13 +39,13 @@ import numpy as np
 
 from dataset import DEFAULT_CLASS_NAMES, file_subject, make_key
 from scripts.datatools.casme3.annotations import EMOTION_TO_CLASS
+from scripts.datatools.casme3.settings import POOL_GAP, POOL_STRIDE
 from scripts.datatools.common.report import write_csv
 from scripts.datatools.fake_release import (ANNOTATION_NAME, video_folders, write_annotation, write_depth_frame,
                                             write_rgb_frame)
 from scripts.datatools.synthetic.face import AU_NAMES, Subject, make_subject
 from scripts.datatools.synthetic.regime import Regime
 from scripts.datatools.synthetic.render import PairFrames, head_motion, render_between, render_pair_frames
-from scripts.data.prepare_casme3 import build_parser
 
 if TYPE_CHECKING:
     from scripts.datatools.synthetic.generate import _Plan
@@ -84,12 +84,6 @@ class _Placed:
         if frame <= self.apex:
             return (frame - self.onset) / (self.apex - self.onset)
         return (self.offset - frame) / (self.offset - self.apex)
-
-
-def pool_sampling() -> tuple[int, int]:
-    """prepare_casme3.py's default --gap and --stride: the frames its pool pairs are made of."""
-    parser = build_parser()
-    return parser.get_default("gap"), parser.get_default("stride")
 
 
 def place_pairs(plans: Sequence[_Plan], gap: int, stride: int) -> list[_Placed]:
@@ -155,7 +149,7 @@ def _write_subject(root: Path, subj: Subject, plans: Sequence[_Plan], args: dict
     emotion ('' for pool pairs)."""
     seed, regime = args["seed"], Regime(**args["regime"])
     classes = DEFAULT_CLASS_NAMES[args["n_classes"]]
-    for placed in place_pairs(plans, *pool_sampling()):
+    for placed in place_pairs(plans, POOL_GAP, POOL_STRIDE):
         plan = placed.plan
         pair = render_pair_frames(subj, plan.index, plan.aus, plan.same_frame, seed, regime)
         rgb_dir, depth_dir = video_folders(root, file_subject(subj.number), placed.video)
